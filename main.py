@@ -1,0 +1,235 @@
+"""AnoGAN in TensorFlow 2: train a DCGAN on normal images, then score unseen ones.
+
+    python main.py --dataset mnist --input_height 28 --output_height 28 --normal_class 0 --train
+    python main.py --dataset mnist --input_height 28 --output_height 28 --normal_class 0 \\
+        --anomaly_test
+"""
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+
+import model
+import utils
+
+
+class UsageError(Exception):
+    """Flags that contradict each other or are out of range."""
+
+
+def digits_list(text):
+    """Parses '0' or '1,7' into a sorted tuple of MNIST digits."""
+    try:
+        digits = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected digits like 0 or 1,7, got {text!r}") from None
+    if not digits or not all(0 <= d <= 9 for d in digits):
+        raise argparse.ArgumentTypeError(f"digits must be in 0..9, got {text!r}")
+    return tuple(digits)
+
+
+def threshold_value(text):
+    """'auto' or a number."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
+def build_parser():
+    """The original's flags (same names and defaults) and the port's new ones."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    flag = p.add_argument
+    boolean = argparse.BooleanOptionalAction
+    flag("--epoch", type=int, default=25, help="epochs to train")
+    flag("--test_epoch", type=int, default=100, help="latent-search steps per test image")
+    flag("--learning_rate", type=float, default=0.0002, help="Adam learning rate")
+    flag("--beta1", type=float, default=0.5, help="Adam beta1")
+    flag("--test_learning_rate", type=float, default=0.001, help="latent-search learning rate")
+    flag("--train_size", type=float, default=math.inf, help="cap on training images per epoch")
+    flag("--train", action=boolean, default=False, help="train the DCGAN")
+    flag("--anomaly_test", action=boolean, default=False, help="score the test images")
+    flag("--visualize", action=boolean, default=False, help="write visualisations of G")
+    flag("--batch_size", type=int, default=64, help="training batch size")
+    flag("--test_batch_size", type=int, default=64, help="test images searched together")
+    flag("--input_height", type=int, default=108, help="crop height (with --crop)")
+    flag("--input_width", type=int, default=None, help="crop width [input_height]")
+    flag("--output_height", type=int, default=64, help="image height the model works at")
+    flag("--output_width", type=int, default=None, help="image width [output_height]")
+    flag("--dataset", default="celebA", help="mnist, or a folder name under --data_dir")
+    flag("--input_fname_pattern", default="*.jpg", help="glob of the image files")
+    flag("--checkpoint_dir", default="checkpoint", help="where checkpoints live")
+    flag("--sample_dir", default="samples", help="where sample grids are written")
+    flag("--test_dir", default="test_data", help="images to score (subfolders give labels)")
+    flag("--test_result_dir", default="test_result", help="results folder inside --test_dir")
+    flag("--crop", action=boolean, default=False, help="centre-crop input_height x input_width")
+    flag("--generate_test_images", type=int, default=100,
+         help="images in the --visualize_option 0 grid")
+    flag("--z_dim", type=int, default=100, help="latent size")
+    flag("--y_dim", type=int, default=None,
+         help="label size of a class-conditional DCGAN [10 for mnist without --normal_class]")
+    flag("--normal_class", type=digits_list, default=None,
+         help="MNIST digits that are normal, e.g. 0 or 1,7 (one-class training)")
+    flag("--test_size", type=int, default=None, help="cap on the number of test images")
+    flag("--ano_lambda", type=float, default=0.1, help="lambda of the anomaly score")
+    flag("--dis_loss", choices=("feature", "gan"), default="feature",
+         help="discrimination loss of the anomaly score")
+    flag("--threshold", type=threshold_value, default="auto", help="a score, or auto")
+    flag("--seed", type=int, default=0, help="seed of numpy and TensorFlow")
+    flag("--log_dir", default="logs", help="TensorBoard event files")
+    flag("--data_dir", default="data", help="where datasets live")
+    flag("--save_every", type=int, default=500, help="steps between checkpoints")
+    flag("--sample_every", type=int, default=100, help="steps between sample grids")
+    flag("--visualize_option", type=int, choices=range(5), default=0,
+         help="0 samples, 1 per-dimension grids, 2-4 GIF sweeps")
+    flag("--strategy", choices=("default", "mirrored", "multiworker"), default="default",
+         help="tf.distribute strategy")
+    flag("--devices", default=None, help="comma list of devices for --strategy mirrored")
+    return p
+
+
+def resolve(args):
+    """Fills derived defaults and rejects contradictory flags (raises UsageError)."""
+    args.input_width = args.input_width or args.input_height
+    args.output_width = args.output_width or args.output_height
+    is_mnist = args.dataset.lower() == "mnist"
+    if args.y_dim is None:
+        args.y_dim = 10 if is_mnist and args.normal_class is None else 0
+    checks = [
+        (not (args.train or args.anomaly_test or args.visualize),
+         "nothing to do: pass --train, --anomaly_test or --visualize"),
+        (args.normal_class is not None and not is_mnist,
+         f"--normal_class applies to --dataset mnist only, not {args.dataset!r}"),
+        (args.y_dim and not is_mnist,
+         f"--y_dim needs labels, which only --dataset mnist has, not {args.dataset!r}"),
+        (args.y_dim and args.normal_class is not None,
+         "--normal_class trains an unconditional model: leave --y_dim at 0"),
+        (is_mnist and args.y_dim not in (0, 10), "--y_dim for mnist is 0 or 10"),
+        (min(args.output_height, args.output_width) < 8, "--output_height/width must be >= 8"),
+        (min(args.input_height, args.input_width) < 1, "--input_height/width must be positive"),
+        (args.epoch < 1, "--epoch must be positive"),
+        (args.test_epoch < 1, "--test_epoch must be positive"),
+        (args.batch_size < 1 or args.test_batch_size < 1, "batch sizes must be positive"),
+        (not args.train_size >= 1, "--train_size must be at least 1"),
+        (args.test_size is not None and args.test_size < 1, "--test_size must be positive"),
+        (not 0.0 <= args.ano_lambda <= 1.0, "--ano_lambda must be in [0, 1]"),
+        (args.learning_rate <= 0 or args.test_learning_rate <= 0, "learning rates must be > 0"),
+        (not 0.0 <= args.beta1 < 1.0, "--beta1 must be in [0, 1)"),
+        (args.z_dim < 1, "--z_dim must be positive"),
+        (args.save_every < 1 or args.sample_every < 1, "--save_every/--sample_every must be > 0"),
+        (args.generate_test_images < 1, "--generate_test_images must be positive"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise UsageError(message)
+    return args
+
+
+def model_dir(args):
+    """The original's checkpoint sub-folder name, plus the normal digits when one-class."""
+    name = f"{args.dataset}_{args.batch_size}_{args.output_height}_{args.output_width}"
+    if args.normal_class is not None:
+        name += "_normal" + "".join(str(d) for d in args.normal_class)
+    return name
+
+
+def training_source(args):
+    """The training images: MNIST's train split (of the normal digits) or a folder."""
+    if args.dataset.lower() == "mnist":
+        return utils.mnist_source(Path(args.data_dir) / "mnist", "train", args.normal_class)
+    folder = Path(args.data_dir) / args.dataset
+    if not folder.is_dir():
+        raise utils.DataError(f"dataset folder {folder} not found: put images there or run "
+                              f"`python download.py {args.dataset}`")
+    return utils.folder_source(folder, args.input_fname_pattern)
+
+
+def image_spec(args, y_dim):
+    return utils.ImageSpec(
+        input_size=(args.input_height, args.input_width),
+        output_size=(args.output_height, args.output_width), crop=args.crop,
+        value_range=(0.0, 1.0) if y_dim else (-1.0, 1.0))
+
+
+def build_model(args, channels):
+    """The DCGAN for these flags, restored from its checkpoint when one exists."""
+    config = model.ModelConfig(args.output_height, args.output_width, channels,
+                               z_dim=args.z_dim, y_dim=args.y_dim)
+    train_config = model.TrainConfig(
+        epochs=args.epoch, learning_rate=args.learning_rate, beta1=args.beta1,
+        save_every=args.save_every, sample_every=args.sample_every, sample_dir=args.sample_dir,
+        log_dir=str(Path(args.log_dir) / model_dir(args)))
+    dcgan = model.DCGAN(config, Path(args.checkpoint_dir) / model_dir(args), train_config,
+                        strategy=model.make_strategy(args.strategy, args.devices))
+    return dcgan, dcgan.load()
+
+
+def train(args):
+    source = training_source(args)
+    train, _ = utils.split_holdout(source, args.seed)
+    usable = int(min(len(train), args.train_size))
+    steps_per_epoch = usable // args.batch_size
+    if steps_per_epoch == 0:
+        raise UsageError(f"{usable} training images are fewer than --batch_size "
+                         f"{args.batch_size}: lower --batch_size or add images")
+    dcgan, resumed = build_model(args, source.channels)
+    if resumed:
+        print(f"resuming from step {int(dcgan.step)} in {dcgan.checkpoint_dir}")
+    if int(dcgan.step) >= args.epoch * steps_per_epoch:
+        print(f"already trained {int(dcgan.step)} steps ({args.epoch} epochs): raise --epoch "
+              "to train more")
+        return
+    dataset = utils.make_dataset(train, image_spec(args, args.y_dim), args.batch_size,
+                                 y_dim=args.y_dim, shuffle_seed=args.seed, drop_remainder=True)
+    print(f"training on {usable} images of {args.dataset}, {steps_per_epoch} steps per epoch")
+    dcgan.train(dataset, steps_per_epoch, args.batch_size,
+                model.sample_inputs(dcgan.config, args.batch_size, args.seed), seed=args.seed)
+    print(f"checkpoint: {dcgan.manager.latest_checkpoint}")
+
+
+def trained_model(args):
+    """A restored DCGAN and its training source, or UsageError telling to train first."""
+    source = training_source(args)
+    dcgan, restored = build_model(args, source.channels)
+    if not restored:
+        raise UsageError(f"no checkpoint in {dcgan.checkpoint_dir}: train a model first "
+                         "(python main.py --train with the same --dataset and sizes)")
+    return dcgan, source
+
+
+def visualize(args):
+    dcgan, _ = trained_model(args)
+    count = args.generate_test_images if args.visualize_option == 0 else args.batch_size
+    paths = dcgan.visualize(args.visualize_option, args.sample_dir, count, args.seed)
+    print(f"wrote {len(paths)} file(s) to {args.sample_dir}")
+
+
+def run(args):
+    keras.utils.set_random_seed(args.seed)
+    if args.train:
+        train(args)
+    if args.visualize:
+        visualize(args)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        run(resolve(args))
+    except (UsageError, utils.DataError, model.CheckpointError, model.TrainingDiverged) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

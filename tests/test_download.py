@@ -1,0 +1,467 @@
+"""download.py against a loopback HTTP server: mirrors, resume, verification, safe extraction."""
+
+import gzip
+import hashlib
+import io
+import os
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import tarfile
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import download
+
+FAST = {"retries": 2, "backoff": 0.0, "timeout": (2.0, 5.0), "chunk_bytes": 16}
+
+
+class RangeHandler(BaseHTTPRequestHandler):
+    """Serves server.files by path, honouring 'Range: bytes=N-' unless server.ignore_range."""
+
+    def do_GET(self):
+        srv = self.server
+        srv.requests.append((self.path, self.headers.get("Range")))
+        if srv.failures.get(self.path, 0) > 0:
+            srv.failures[self.path] -= 1
+            return self.reply(503, b"busy")
+        if self.path not in srv.files:
+            return self.reply(404, b"not found")
+        body, content_type = srv.files[self.path]
+        requested = self.headers.get("Range")
+        if requested and not srv.ignore_range:
+            return self.reply_range(body, int(requested.removeprefix("bytes=").split("-")[0]))
+        return self.reply(200, body, content_type)
+
+    def reply_range(self, body, start):
+        if start >= len(body):
+            return self.reply(416, b"", headers={"Content-Range": f"bytes */{len(body)}"})
+        content_range = f"bytes {start}-{len(body) - 1}/{len(body)}"
+        return self.reply(206, body[start:], headers={"Content-Range": content_range})
+
+    def reply(self, status, body, content_type="application/octet-stream", headers=None):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if self.server.cookie:
+            self.send_header("Set-Cookie", self.server.cookie)
+        self.end_headers()
+        self.wfile.write(body[: self.server.truncate_at] if self.server.truncate_at else body)
+
+    def log_message(self, *args):
+        pass
+
+
+class FileServer(ThreadingHTTPServer):
+    """A loopback server whose files, failures and request log the tests control."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), RangeHandler)
+        self.files = {}
+        self.failures = {}
+        self.requests = []
+        self.ignore_range = False
+        self.truncate_at = None
+        self.cookie = None
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+    def add(self, path, body, content_type="application/octet-stream"):
+        self.files[path] = (body, content_type)
+
+    def ranges_for(self, path):
+        return [rng for requested, rng in self.requests if requested == path and rng]
+
+
+@pytest.fixture
+def server():
+    httpd = FileServer()
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def closed_url():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/mnist/"
+
+
+@pytest.fixture
+def options():
+    return download.FetchOptions(**FAST)
+
+
+def tiny_idx_files(count=10):
+    """Small valid MNIST idx files: {name: raw bytes}."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8).tobytes()
+    labels = rng.integers(0, 10, count, dtype=np.uint8).tobytes()
+    image_header = struct.pack(">IIII", 2051, count, 28, 28)
+    label_header = struct.pack(">II", 2049, count)
+    return {
+        "train-images-idx3-ubyte": image_header + images,
+        "train-labels-idx1-ubyte": label_header + labels,
+        "t10k-images-idx3-ubyte": image_header + images[::-1],
+        "t10k-labels-idx1-ubyte": label_header + labels[::-1],
+    }
+
+
+@pytest.fixture
+def mnist(server):
+    """Tiny MNIST served gzipped under /mnist/: (raw files, their MD5s, the base URL)."""
+    raw = tiny_idx_files()
+    for name, content in raw.items():
+        server.add(f"/mnist/{name}.gz", gzip.compress(content, mtime=0))
+    md5s = {name: hashlib.md5(content).hexdigest() for name, content in raw.items()}
+    return raw, md5s, server.url("/mnist/")
+
+
+def assert_mnist_installed(data_dir, raw):
+    target = Path(data_dir) / "mnist"
+    for name, content in raw.items():
+        assert gzip.decompress((target / f"{name}.gz").read_bytes()) == content
+    assert not list(target.glob("*.part"))
+
+
+def test_mnist_download_verifies_and_stores_gzipped(tmp_path, mnist, options):
+    raw, md5s, base = mnist
+    download.download_mnist(tmp_path, [base], md5s=md5s, options=options)
+    assert_mnist_installed(tmp_path, raw)
+
+
+def test_resume_appends_to_partial_file(tmp_path, server, mnist, options):
+    raw, md5s, base = mnist
+    name = "train-images-idx3-ubyte.gz"
+    served = server.files[f"/mnist/{name}"][0]
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / f"{name}.part").write_bytes(served[:100])
+    download.download_mnist(tmp_path, [base], md5s=md5s, options=options)
+    assert server.ranges_for(f"/mnist/{name}") == ["bytes=100-"]
+    assert_mnist_installed(tmp_path, raw)
+
+
+def test_full_reply_to_range_request_restarts_from_zero(tmp_path, server, mnist, options):
+    raw, md5s, base = mnist
+    server.ignore_range = True
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz.part").write_bytes(b"garbage")
+    download.download_mnist(tmp_path, [base], md5s=md5s, options=options)
+    assert server.ranges_for("/mnist/t10k-labels-idx1-ubyte.gz") == ["bytes=7-"]
+    assert_mnist_installed(tmp_path, raw)
+
+
+def test_cut_transfer_leaves_only_part_then_resumes(tmp_path, server, mnist, options):
+    raw, md5s, base = mnist
+    dest = tmp_path / "train-labels-idx1-ubyte.gz"
+    verify = download.idx_verifier(md5s["train-labels-idx1-ubyte"])
+    url = base + dest.name
+    server.truncate_at = 20
+    with pytest.raises(download.SourceError, match="connection"):
+        download.fetch(url, dest, verify, download.FetchOptions(**FAST))
+    assert not dest.exists()
+    assert download.part_path(dest).stat().st_size > 0
+    server.truncate_at = None
+    download.fetch(url, dest, verify, options)
+    assert server.ranges_for("/mnist/" + dest.name)
+    assert gzip.decompress(dest.read_bytes()) == raw["train-labels-idx1-ubyte"]
+
+
+def test_complete_partial_file_is_verified_without_refetch(tmp_path, server, mnist, options):
+    raw, md5s, base = mnist
+    dest = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    download.part_path(dest).write_bytes(server.files["/mnist/" + dest.name][0])
+    download.fetch(base + dest.name, dest, download.idx_verifier(md5s[dest.stem]), options)
+    assert len(server.requests) == 1
+    assert gzip.decompress(dest.read_bytes()) == raw["t10k-labels-idx1-ubyte"]
+
+
+def test_stale_partial_from_other_source_is_discarded(tmp_path, server, mnist, options):
+    raw, md5s, base = mnist
+    dest = tmp_path / "train-images-idx3-ubyte.gz"
+    download.part_path(dest).write_bytes(b"x" * 50)
+    download.fetch(base + dest.name, dest, download.idx_verifier(md5s[dest.stem]), options)
+    assert [rng for _, rng in server.requests] == ["bytes=50-", None]
+    assert gzip.decompress(dest.read_bytes()) == raw["train-images-idx3-ubyte"]
+
+
+def test_corrupt_existing_file_is_replaced(tmp_path, mnist, options):
+    raw, md5s, base = mnist
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "train-labels-idx1-ubyte").write_bytes(b"not mnist")
+    download.download_mnist(tmp_path, [base], md5s=md5s, options=options)
+    assert not (tmp_path / "mnist" / "train-labels-idx1-ubyte").exists()
+    assert_mnist_installed(tmp_path, raw)
+
+
+def test_checksum_mismatch_rejected_and_file_removed(tmp_path, mnist, options):
+    _, md5s, base = mnist
+    wrong = dict(md5s, **{"t10k-images-idx3-ubyte": "0" * 32})
+    with pytest.raises(download.DownloadError, match="MD5 mismatch"):
+        download.download_mnist(tmp_path, [base], md5s=wrong, options=options)
+    target = tmp_path / "mnist"
+    assert not (target / "t10k-images-idx3-ubyte.gz").exists()
+    assert not (target / "t10k-images-idx3-ubyte.gz.part").exists()
+
+
+def test_first_mirror_down_second_used(tmp_path, closed_url, mnist, options):
+    raw, md5s, base = mnist
+    download.download_mnist(tmp_path, [closed_url, base], md5s=md5s, options=options)
+    assert_mnist_installed(tmp_path, raw)
+
+
+def test_server_errors_are_retried(tmp_path, server, mnist):
+    raw, md5s, base = mnist
+    server.failures["/mnist/train-labels-idx1-ubyte.gz"] = 2
+    options = download.FetchOptions(**(FAST | {"retries": 3}))
+    download.download_mnist(tmp_path, [base], md5s=md5s, options=options)
+    assert_mnist_installed(tmp_path, raw)
+
+
+def test_every_mirror_down_lists_what_was_tried(tmp_path, server, closed_url, mnist, options):
+    _, md5s, _ = mnist
+    missing = server.url("/nowhere/")
+    with pytest.raises(download.DownloadError) as error:
+        download.download_mnist(tmp_path, [closed_url, missing], md5s=md5s, options=options)
+    message = str(error.value)
+    assert "tried" in message and "\n" not in message
+    assert f"{closed_url}train-images-idx3-ubyte.gz (connection failed" in message
+    assert f"{missing}train-images-idx3-ubyte.gz (HTTP 404)" in message
+    assert not list((tmp_path / "mnist").iterdir())
+
+
+def test_main_reports_unreachable_mirrors_in_one_line(tmp_path, closed_url, capsys, monkeypatch):
+    monkeypatch.setattr(download, "MNIST_MIRRORS", ())
+    argv = ["MNIST", "--data_dir", str(tmp_path), "--mirror", closed_url, "--retries", "1"]
+    assert download.main(argv) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith("download.py: error: could not download")
+    assert closed_url in err
+
+
+def test_main_missing_from_path_exits_1(tmp_path, capsys):
+    argv = ["mnist", "--data_dir", str(tmp_path), "--from", str(tmp_path / "absent")]
+    assert download.main(argv) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_cli_rejects_local_files_failing_the_real_md5(tmp_path):
+    source = tmp_path / "offline"
+    source.mkdir()
+    for name, content in tiny_idx_files().items():
+        (source / f"{name}.gz").write_bytes(gzip.compress(content))
+    command = [sys.executable, download.__file__, "mnist", "--from", str(source),
+               "--data_dir", str(tmp_path / "data")]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert "MD5 mismatch" in result.stderr and "Traceback" not in result.stderr
+    assert not list((tmp_path / "data" / "mnist").iterdir())
+
+
+def test_unknown_dataset_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        download.main(["cifar10"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_dataset_names_are_case_insensitive():
+    args = download.build_parser().parse_args(["CELEBA", "celeba", "Lsun", "mnist"])
+    assert args.datasets == ["celebA", "celebA", "lsun", "mnist"]
+
+
+def test_verified_dataset_is_skipped(tmp_path, server, closed_url, mnist, options, capsys):
+    raw, md5s, base = mnist
+    download.download_mnist(tmp_path, [base], md5s=md5s, options=options)
+    served = len(server.requests)
+    download.download_mnist(tmp_path, [closed_url], md5s=md5s, options=options)
+    assert len(server.requests) == served
+    assert capsys.readouterr().out.count("found, skip") == len(raw)
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_from_local_folder(tmp_path, compressed):
+    raw = tiny_idx_files()
+    source = tmp_path / "offline"
+    source.mkdir()
+    for name, content in raw.items():
+        if compressed:
+            (source / f"{name}.gz").write_bytes(gzip.compress(content))
+        else:
+            (source / name).write_bytes(content)
+    md5s = {name: hashlib.md5(content).hexdigest() for name, content in raw.items()}
+    download.download_mnist(tmp_path / "data", (), md5s=md5s, from_path=source)
+    assert_mnist_installed(tmp_path / "data", raw)
+
+
+def test_from_local_archive(tmp_path):
+    raw = tiny_idx_files()
+    archive = tmp_path / "mnist.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for name, content in raw.items():
+            info = tarfile.TarInfo(f"mnist/{name}.gz")
+            packed = gzip.compress(content)
+            info.size = len(packed)
+            tf.addfile(info, io.BytesIO(packed))
+    md5s = {name: hashlib.md5(content).hexdigest() for name, content in raw.items()}
+    download.download_mnist(tmp_path / "data", (), md5s=md5s, from_path=archive)
+    assert_mnist_installed(tmp_path / "data", raw)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["mnist"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_disk_full_is_one_clear_error(tmp_path, mnist, options):
+    base = mnist[2]
+    dest = tmp_path / "train-images-idx3-ubyte.gz"
+    download.part_path(dest).symlink_to("/dev/full")
+    with pytest.raises(download.DownloadError, match="disk full") as error:
+        download.fetch_first([base + dest.name], dest, options=options)
+    assert not isinstance(error.value, download.SourceError)
+    assert not dest.exists()
+
+
+def make_zip(path, entries):
+    with zipfile.ZipFile(path, "w") as zf:
+        for info, data in entries:
+            zf.writestr(info, data)
+    return path
+
+
+def symlink_zip_entry(name):
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+@pytest.mark.parametrize("bad_entry", [
+    zipfile.ZipInfo("../evil"),
+    zipfile.ZipInfo("/tmp/evil"),
+    symlink_zip_entry("link"),
+])
+def test_zip_escaping_target_is_refused(tmp_path, bad_entry):
+    archive = make_zip(tmp_path / "bad.zip", [(zipfile.ZipInfo("ok.txt"), b"ok"),
+                                                (bad_entry, b"/etc/passwd")])
+    target = tmp_path / "box" / "out"
+    with pytest.raises(download.DownloadError, match="refusing to extract"):
+        download.safe_extract(archive, target)
+    assert not target.exists()
+    assert not (tmp_path / "box" / "evil").exists()
+
+
+def tar_member(name, kind=tarfile.REGTYPE, linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    return info
+
+
+@pytest.mark.parametrize("bad_member", [
+    tar_member("/tmp/evil"),
+    tar_member("sub/../../evil"),
+    tar_member("link", tarfile.SYMTYPE, "/etc/passwd"),
+    tar_member("hard", tarfile.LNKTYPE, "/etc/passwd"),
+])
+def test_tar_escaping_target_is_refused(tmp_path, bad_member):
+    archive = tmp_path / "bad.tar"
+    with tarfile.open(archive, "w") as tf:
+        tf.addfile(tar_member("ok.txt"), io.BytesIO(b""))
+        tf.addfile(bad_member, io.BytesIO(b""))
+    target = tmp_path / "box" / "out"
+    with pytest.raises(download.DownloadError, match="refusing to extract"):
+        download.safe_extract(archive, target)
+    assert not target.exists()
+
+
+def celeba_zip(path):
+    jpg = b"\xff\xd8\xff\xe0fake-jpeg\xff\xd9"
+    names = [f"img_align_celeba/{i:06d}.jpg" for i in (1, 2, 3)]
+    return make_zip(path, [(zipfile.ZipInfo(name), jpg) for name in names])
+
+
+def test_celeba_from_mirror_extracted_then_skipped(tmp_path, server, options, capsys):
+    body = celeba_zip(tmp_path / "served.zip").read_bytes()
+    server.add(f"/celeba/{download.CELEBA_ZIP}", body)
+    md5 = hashlib.md5(body).hexdigest()
+    data = tmp_path / "data"
+    download.download_celeba(data, [server.url("/celeba/")], md5=md5, options=options)
+    target = data / "celebA"
+    assert len(list(target.rglob("*.jpg"))) == 3
+    assert sorted(p.name for p in data.iterdir()) == ["celebA"]
+    assert not (target / download.CELEBA_ZIP).exists()
+    download.download_celeba(data, [server.url("/celeba/")], md5=md5, options=options)
+    assert "found" in capsys.readouterr().out
+    assert len(server.requests) == 1
+
+
+def test_celeba_from_local_zip(tmp_path):
+    archive = celeba_zip(tmp_path / "celeba.zip")
+    download.download_celeba(tmp_path / "data", from_path=archive)
+    assert len(list((tmp_path / "data" / "celebA").rglob("*.jpg"))) == 3
+    assert archive.exists()
+
+
+def test_lsun_category_zips_extracted(tmp_path, server, options):
+    server.add("/lsun/categories.txt", b"bedroom\nkitchen\n", "text/plain")
+    for split in download.LSUN_SPLITS:
+        name = f"bedroom_{split}_lmdb"
+        body = make_zip(tmp_path / f"{name}.zip", [(zipfile.ZipInfo(f"{name}/data.mdb"), b"db")])
+        server.add(f"/lsun/{name}.zip", body.read_bytes())
+    download.download_lsun(tmp_path / "data", "bedroom", [server.url("/lsun/")],
+                           categories_url=server.url("/lsun/categories.txt"), options=options)
+    target = tmp_path / "data" / "lsun"
+    assert (target / "bedroom_train_lmdb" / "data.mdb").read_bytes() == b"db"
+    assert (target / "bedroom_val_lmdb" / "data.mdb").is_file()
+
+
+def test_lsun_unknown_category_refused(tmp_path, server, options):
+    server.add("/lsun/categories.txt", b"bedroom\nkitchen\n", "text/plain")
+    with pytest.raises(download.DownloadError, match="choose from: bedroom, kitchen"):
+        download.download_lsun(tmp_path, "bedrom", [server.url("/lsun/")],
+                               categories_url=server.url("/lsun/categories.txt"), options=options)
+
+
+def test_drive_warning_cookie_gives_confirm_token(server, options):
+    page = b"<html>Google Drive can't scan this file for viruses.</html>"
+    server.add("/uc?id=abc", page, "text/html; charset=utf-8")
+    server.cookie = "download_warning_123=TOKEN"
+    url = download.confirm_drive_download(server.url("/uc?id=abc"), options)
+    assert url.endswith("/uc?id=abc&confirm=TOKEN")
+
+
+def test_drive_warning_form_is_followed(server, options):
+    page = (b'<form id="download-form" action="/download" method="get">'
+            b'<input type="submit" value="Download anyway">'
+            b'<input type="hidden" name="id" value="abc">'
+            b'<input type="hidden" name="confirm" value="t">'
+            b'<input type="hidden" name="uuid" value="u-1"></form>')
+    server.add("/uc?id=abc", page, "text/html")
+    url = download.confirm_drive_download(server.url("/uc?id=abc"), options)
+    assert url == server.url("/download?id=abc&confirm=t&uuid=u-1")
+
+
+def test_drive_quota_page_is_a_source_error(server, options):
+    server.add("/uc?id=abc", b"<html>Download quota exceeded for this file</html>", "text/html")
+    with pytest.raises(download.SourceError, match="quota"):
+        download.confirm_drive_download(server.url("/uc?id=abc"), options)
+
+
+def test_drive_binary_reply_is_the_file(server, options):
+    server.add("/uc?id=abc", b"PK\x03\x04")
+    assert download.confirm_drive_download(server.url("/uc?id=abc"), options).endswith("id=abc")

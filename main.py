@@ -9,11 +9,13 @@ import argparse
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
+import numpy as np
 
 import model
 import utils
@@ -213,10 +215,81 @@ def visualize(args):
     print(f"wrote {len(paths)} file(s) to {args.sample_dir}")
 
 
+def test_source(args, channels):
+    """The images to score: --test_dir when it holds any, else MNIST's test split."""
+    result_dir = Path(args.test_dir) / args.test_result_dir
+    if Path(args.test_dir).is_dir():
+        source = utils.test_folder_source(args.test_dir, result_dir, channels)
+        if len(source):
+            return source
+    if args.dataset.lower() == "mnist":
+        return utils.mnist_test_source(Path(args.data_dir) / "mnist", args.normal_class)
+    raise utils.DataError(f"no test images in {args.test_dir}: put images there (normal/ and "
+                          "anomaly/ subfolders give labels)")
+
+
+def search_config(args):
+    return model.SearchConfig(steps=args.test_epoch, learning_rate=args.test_learning_rate,
+                              beta1=args.beta1, ano_lambda=args.ano_lambda,
+                              dis_loss=args.dis_loss)
+
+
+def score_source(dcgan, source, args, report=None):
+    """Runs the latent search over ``source``; feeds ``report`` or returns the scores."""
+    dataset = utils.make_dataset(source, image_spec(args, dcgan.config.y_dim),
+                                 args.test_batch_size, y_dim=dcgan.config.y_dim)
+    batches = math.ceil(len(source) / args.test_batch_size)
+    scores = []
+    for images, result in dcgan.anomaly_test(dataset, search_config(args), batches, args.seed):
+        if report is not None:
+            report.add(images, result)
+        scores.append(result.score)
+    return np.concatenate(scores)
+
+
+def choose_threshold(args, dcgan, report, train_source):
+    """The manual threshold, or the 95th percentile of normal images' scores."""
+    if args.threshold != "auto":
+        return args.threshold, "manual"
+    normal = report.normal_scores()
+    normal = normal[np.isfinite(normal)]
+    if len(normal):
+        return float(np.percentile(normal, 95)), "normal_test_images"
+    _, held_out = utils.split_holdout(train_source, args.seed)
+    if not len(held_out):
+        raise utils.DataError("no labelled normal test images and too few training images to "
+                              "hold out: pass --threshold <score>")
+    print(f"scoring {len(held_out)} held-out training images for the threshold")
+    held = score_source(dcgan, held_out, args)
+    return float(np.percentile(held[np.isfinite(held)], 95)), "heldout_train_images"
+
+
+def anomaly_test(args):
+    dcgan, train_source = trained_model(args)
+    source = utils.limit_source(test_source(args, dcgan.config.c_dim), args.test_size,
+                                args.seed)
+    result_dir = Path(args.test_dir) / args.test_result_dir
+    report = utils.AnomalyReport(result_dir, source, dcgan.config.value_range)
+    print(f"scoring {len(source)} images, {args.test_epoch} search steps each")
+    started = time.perf_counter()
+    score_source(dcgan, source, args, report)
+    seconds = time.perf_counter() - started
+    threshold, threshold_source = choose_threshold(args, dcgan, report, train_source)
+    metrics = report.finish(threshold, threshold_source, {
+        "seconds": round(seconds, 3), "images_per_second": round(len(source) / seconds, 3),
+        "test_epoch": args.test_epoch, "ano_lambda": args.ano_lambda})
+    for name in metrics["non_finite"]:
+        print(f"warning: {name}: anomaly score is not finite", file=sys.stderr)
+    print(f"results in {result_dir}: " + ", ".join(
+        f"{k} {metrics[k]}" for k in ("n", "n_anomalous", "roc_auc", "pr_auc", "threshold")))
+
+
 def run(args):
     keras.utils.set_random_seed(args.seed)
     if args.train:
         train(args)
+    if args.anomaly_test:
+        anomaly_test(args)
     if args.visualize:
         visualize(args)
 

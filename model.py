@@ -56,6 +56,47 @@ class TrainConfig:
     log_dir: str = "logs"
 
 
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """The AnoGAN latent search: Adam on z for ``steps`` steps, then the anomaly score."""
+
+    steps: int = 100
+    learning_rate: float = 0.001
+    beta1: float = 0.5
+    ano_lambda: float = 0.1
+    dis_loss: str = "feature"
+
+    @property
+    def snapshot_steps(self):
+        """The steps whose G(z) is kept: first, middle and last, as the original."""
+        return 0, self.steps // 2, self.steps
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """Numpy results of the latent search for one batch of images."""
+
+    score: np.ndarray
+    residual: np.ndarray
+    discrimination: np.ndarray
+    z: np.ndarray
+    snapshots: dict
+
+    @classmethod
+    def best_of(cls, results):
+        """Per image, the result with the lowest score (the label a conditional G fits best)."""
+        best = np.argmin(np.stack([r.score for r in results]), axis=0)
+        rows = np.arange(len(best))
+
+        def pick(values):
+            return np.stack(values)[best, rows]
+
+        return cls(pick([r.score for r in results]), pick([r.residual for r in results]),
+                   pick([r.discrimination for r in results]), pick([r.z for r in results]),
+                   {step: pick([r.snapshots[step] for r in results])
+                    for step in results[0].snapshots})
+
+
 class Generator(keras.Model):
     """z -> image: linear to (s/16, s/16, gf*8), three BN+ReLU deconvs, tanh deconv."""
 
@@ -192,6 +233,7 @@ class DCGAN:
             generator=self.generator, discriminator=self.discriminator,
             d_optim=self.d_optim, g_optim=self.g_optim, step=self.step)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.checkpoint_dir), 3)
+        self._searches = {}
 
     def _build(self):
         """Creates every variable now, so that a restore fills them all at once."""
@@ -332,6 +374,96 @@ class DCGAN:
             return images, labels, z
 
         return dataset.enumerate().map(add_z)
+
+    # Anomaly detection -----------------------------------------------------------------------
+
+    def _anomaly_losses(self, images, labels, z, target_features, search):
+        """Per-image (score, residual, discrimination) of G(z) against ``images``, and G(z)."""
+        fake = self.generator(z, labels, training=False)
+        logits, features = self.discriminator(fake, labels, training=False)
+        residual = tf.reduce_sum(tf.abs(images - fake), axis=[1, 2, 3])
+        if search.dis_loss == "feature":
+            discrimination = tf.reduce_sum(tf.abs(target_features - features), axis=[1, 2, 3])
+        else:
+            discrimination = per_example_bce(logits, 1.0)
+        score = (1.0 - search.ano_lambda) * residual + search.ano_lambda * discrimination
+        return score, residual, discrimination, fake
+
+    def _search_graph(self, search):
+        """A compiled whole search for one batch: ``search.steps`` Adam steps on z.
+
+        Adam is the original's (tf.train.AdamOptimizer: beta2 0.999, epsilon 1e-8), written
+        out so that every batch starts from fresh state inside one graph. The loss is the sum
+        of per-image scores, so images do not interact and a batch equals its single images.
+        """
+        beta1, beta2, epsilon = search.beta1, 0.999, 1e-8
+        _, middle, last = search.snapshot_steps
+
+        @tf.function(reduce_retracing=True)
+        def run(images, labels, z0):
+            _, target_features = self.discriminator(images, labels, training=False)
+            z, m, v = z0, tf.zeros_like(z0), tf.zeros_like(z0)
+            first = mid = tf.zeros_like(images)
+            for t in tf.range(last):
+                with tf.GradientTape() as tape:
+                    tape.watch(z)
+                    score, _, _, fake = self._anomaly_losses(images, labels, z, target_features,
+                                                             search)
+                    total = tf.reduce_sum(score)
+                if t == 0:
+                    first = fake
+                if t == middle:
+                    mid = fake
+                grad = tape.gradient(total, z)
+                step = tf.cast(t + 1, tf.float32)
+                m = beta1 * m + (1.0 - beta1) * grad
+                v = beta2 * v + (1.0 - beta2) * tf.square(grad)
+                rate = search.learning_rate * tf.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+                z = z - rate * m / (tf.sqrt(v) + epsilon)
+            score, residual, discrimination, fake = self._anomaly_losses(
+                images, labels, z, target_features, search)
+            if middle == last:
+                mid = fake
+            return score, residual, discrimination, z, first, mid, fake
+
+        return run
+
+    def search(self, images, labels, z0, search):
+        """Searches z for a batch of images from the starting ``z0``; a ``SearchResult``.
+
+        ``labels`` are one-hot rows for a conditional model; when they have no columns the
+        search runs once per class and keeps each image's lowest score.
+        """
+        run = self._search_fn(search)
+        images = tf.convert_to_tensor(images, tf.float32)
+        z0 = tf.convert_to_tensor(z0, tf.float32)
+        labels = tf.convert_to_tensor(labels, tf.float32)
+        if self.config.y_dim and labels.shape[1] == 0:
+            return SearchResult.best_of([
+                self.search(images, tf.one_hot(tf.fill([tf.shape(images)[0]], k),
+                                               self.config.y_dim), z0, search)
+                for k in range(self.config.y_dim)])
+        score, residual, discrimination, z, *snapshots = (
+            value.numpy() for value in run(images, labels, z0))
+        return SearchResult(score, residual, discrimination, z,
+                            dict(zip(search.snapshot_steps, snapshots)))
+
+    def _search_fn(self, search):
+        """The compiled search for ``search``, built once per configuration."""
+        if search not in self._searches:
+            self._searches[search] = self._search_graph(search)
+        return self._searches[search]
+
+    def anomaly_test(self, dataset, search, total_batches=None, seed=0):
+        """Yields (images, ``SearchResult``) per batch of ``dataset`` ((images, labels) batches).
+
+        Every batch starts from its own U(-1, 1) z, reproducible from ``seed``.
+        """
+        for index, (images, labels) in enumerate(
+                tqdm(dataset, total=total_batches, desc="anomaly search", unit="batch")):
+            z0 = tf.random.stateless_uniform((tf.shape(images)[0], self.config.z_dim),
+                                             seed=[seed, index], minval=-1.0, maxval=1.0)
+            yield images.numpy(), self.search(images, labels, z0, search)
 
     # Sampling --------------------------------------------------------------------------------
 

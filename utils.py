@@ -1,16 +1,23 @@
 """Image I/O (Pillow), crops and scaling, MNIST idx files, image grids and atomic writes."""
 
 import contextlib
+import csv
 import gzip
+import heapq
+import json
 import math
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -191,14 +198,15 @@ def save_gif(frames, path, duration=2.0, value_range=(-1.0, 1.0)):
 class ImageSource:
     """Images to train on or to score: files on disk, or uint8 arrays in memory.
 
-    ``labels`` are ints (class digits for MNIST, 0 normal / 1 anomalous for test folders,
-    -1 unknown) or None.
+    ``classes`` are MNIST digits (the condition of a class-conditional model) or None;
+    ``labels`` are anomaly labels (0 normal, 1 anomalous, -1 unknown) or None.
     """
 
     names: list
     channels: int
     files: list = None
     arrays: np.ndarray = None
+    classes: np.ndarray = None
     labels: np.ndarray = None
 
     def __len__(self):
@@ -211,6 +219,7 @@ class ImageSource:
             names=[self.names[i] for i in indices], channels=self.channels,
             files=None if self.files is None else [self.files[i] for i in indices],
             arrays=None if self.arrays is None else self.arrays[indices],
+            classes=None if self.classes is None else self.classes[indices],
             labels=None if self.labels is None else self.labels[indices])
 
 
@@ -240,7 +249,7 @@ def mnist_source(folder, split, digits=None):
         keep = np.isin(labels, list(digits))
         images, labels = images[keep], labels[keep]
     return ImageSource(names=[f"{split}_{i:05d}" for i in range(len(labels))], channels=1,
-                       arrays=images, labels=labels)
+                       arrays=images, classes=labels)
 
 
 def _scale(pixels, value_range):
@@ -253,11 +262,14 @@ def make_dataset(source, spec, batch_size, y_dim=0, shuffle_seed=None, drop_rema
     """A tf.data pipeline of (images, one-hot labels) batches from ``source``.
 
     Files are decoded in parallel with Pillow; arrays are resized in-graph when needed.
-    Labels are (batch, y_dim) one-hot rows, zero columns for an unconditional model.
+    Labels are (batch, y_dim) one-hot rows of ``source.classes``; they have zero columns for
+    an unconditional model, or when the classes are unknown.
     """
     count = len(source)
-    labels = np.zeros(count, np.int64) if source.labels is None else source.labels
-    y_rows = one_hot(np.clip(labels, 0, None), y_dim) if y_dim else np.zeros((count, 0), np.float32)
+    if y_dim and source.classes is not None:
+        y_rows = one_hot(source.classes, y_dim)
+    else:
+        y_rows = np.zeros((count, 0), np.float32)
     height, width = spec.output_size
     channels = source.channels
     if source.files is not None:
@@ -296,3 +308,276 @@ def split_holdout(source, seed):
     held = np.sort(order[:min(count, 256)])
     kept = np.setdiff1d(np.arange(len(source)), held)
     return source.subset(kept), source.subset(held)
+
+
+# Anomaly test sources -------------------------------------------------------------------------
+
+NORMAL_FOLDERS = ("normal", "good")
+
+
+def test_folder_source(test_dir, exclude, channels):
+    """Images under ``test_dir`` (not under ``exclude``), labelled by their first folder.
+
+    A first folder named normal/good gives label 0, any other folder 1, and images directly
+    in ``test_dir`` are unlabelled (-1). Images are read with the model's ``channels``.
+    """
+    test_dir, exclude = Path(test_dir), Path(exclude).resolve()
+    if not test_dir.is_dir():
+        raise DataError(f"test folder {test_dir} not found")
+    try:
+        files = sorted(p for p in test_dir.rglob("*")
+                       if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                       and not p.name.startswith(".") and exclude not in p.resolve().parents)
+    except OSError as error:
+        raise DataError(f"cannot read test folder {test_dir}: {error.strerror}") from error
+    names = [p.relative_to(test_dir).as_posix() for p in files]
+    labels = [-1 if "/" not in name else
+              0 if name.split("/")[0].lower() in NORMAL_FOLDERS else 1 for name in names]
+    return ImageSource(names=names, channels=channels, files=[str(p) for p in files],
+                       labels=np.asarray(labels, np.int64))
+
+
+def mnist_test_source(folder, normal_class=None):
+    """MNIST's test split: label 1 for digits outside ``normal_class``, else all normal."""
+    source = mnist_source(folder, "test")
+    normal = np.ones_like(source.classes, bool) if normal_class is None else np.isin(
+        source.classes, list(normal_class))
+    source.labels = np.where(normal, 0, 1).astype(np.int64)
+    return source
+
+
+def limit_source(source, size, seed):
+    """At most ``size`` images, drawn reproducibly (stratified by label), in input order."""
+    if size is None or size >= len(source):
+        return source
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(len(source), np.int64) if source.labels is None else source.labels
+    groups = [np.flatnonzero(labels == value) for value in np.unique(labels)]
+    quotas = [len(group) * size / len(source) for group in groups]
+    counts = np.floor(quotas).astype(int)
+    for index in np.argsort([c - q for c, q in zip(counts, quotas)])[:size - counts.sum()]:
+        counts[index] += 1
+    chosen = np.concatenate([rng.choice(g, c, replace=False) for g, c in zip(groups, counts)])
+    return source.subset(np.sort(chosen))
+
+
+# Anomaly test outputs -------------------------------------------------------------------------
+
+SCORE_COLUMNS = ("file", "label", "anomaly_score", "residual_loss", "discrimination_loss",
+                 "is_anomaly")
+
+
+def result_name(name):
+    """A flat PNG file name for an input image's (relative) name."""
+    return Path(name.replace("/", "_").replace("\\", "_")).stem + ".png"
+
+
+def residual_map(images, fakes, value_range):
+    """|x - G(z)| scaled to [0, 1], as the original's AD_error images."""
+    low, high = value_range
+    return np.abs(np.asarray(images) - np.asarray(fakes)) / (high - low)
+
+
+def heat_overlay(image, residual):
+    """The input in gray with its residual in red on top (the paper's figure), in [0, 1]."""
+    gray = np.repeat(image.mean(axis=-1, keepdims=True), 3, axis=-1)
+    heat = residual.mean(axis=-1, keepdims=True)
+    heat = heat / max(float(heat.max()), 1e-8)
+    red = np.concatenate([np.ones_like(heat), np.zeros_like(heat), np.zeros_like(heat)], -1)
+    return gray * (1.0 - 0.7 * heat) + red * 0.7 * heat
+
+
+class AnomalyReport:
+    """Writes the anomaly test's outputs as batches arrive, and its summary at the end.
+
+    Per image it writes the original's AD_/AD_error_ PNGs at once; scores go to a hidden
+    partial CSV as they come, and ``finish`` writes scores.csv (with ``is_anomaly``),
+    metrics.json and the plots atomically. Memory stays flat: only scalars, final z and the
+    few worst images for the overview are kept.
+    """
+
+    def __init__(self, result_dir, source, value_range, overview_rows=8):
+        self.result_dir = Path(result_dir)
+        self.result_dir.mkdir(parents=True, exist_ok=True)
+        self.source, self.value_range, self.overview_rows = source, value_range, overview_rows
+        self.partial_path = self.result_dir / ".scores.partial.csv"
+        self.partial = open(self.partial_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self.partial_csv = csv.writer(self.partial)
+        self.partial_csv.writerow(SCORE_COLUMNS[:-1])
+        self.scores, self.residuals, self.discriminations, self.z = [], [], [], []
+        self.worst = []
+
+    def __len__(self):
+        return sum(len(s) for s in self.scores)
+
+    def _unit(self, images):
+        low, high = self.value_range
+        return (np.asarray(images) - low) / (high - low)
+
+    def add(self, images, result):
+        """Records one batch: its inputs (in the model's value range) and ``SearchResult``."""
+        start = len(self)
+        names = self.source.names[start:start + len(images)]
+        labels = self._labels()[start:start + len(images)]
+        for step, fakes in result.snapshots.items():
+            errors = residual_map(images, fakes, self.value_range)
+            for name, fake, error in zip(names, self._unit(fakes), errors):
+                save_png(fake, self.result_dir / f"AD_{step}_{result_name(name)}")
+                save_png(error, self.result_dir / f"AD_error_{step}_{result_name(name)}")
+        for row in zip(names, labels, result.score, result.residual, result.discrimination):
+            self.partial_csv.writerow([row[0], "" if row[1] < 0 else int(row[1]),
+                                       *(f"{v:.6g}" for v in row[2:])])
+        self.partial.flush()
+        self.scores.append(result.score)
+        self.residuals.append(result.residual)
+        self.discriminations.append(result.discrimination)
+        self.z.append(result.z)
+        final = result.snapshots[max(result.snapshots)]
+        for offset, score in enumerate(result.score):
+            score = float(score) if np.isfinite(score) else -np.inf
+            entry = (score, start + offset, images[offset], final[offset])
+            if len(self.worst) < self.overview_rows:
+                heapq.heappush(self.worst, entry)
+            elif score > self.worst[0][0]:
+                heapq.heapreplace(self.worst, entry)
+
+    def _labels(self):
+        if self.source.labels is None:
+            return np.full(len(self.source), -1, np.int64)
+        return self.source.labels
+
+    def all_scores(self):
+        return np.concatenate(self.scores) if self.scores else np.zeros(0, np.float32)
+
+    def normal_scores(self):
+        """Scores of the images labelled normal."""
+        labels = self._labels()[:len(self)]
+        return self.all_scores()[labels == 0]
+
+    def non_finite(self):
+        """Names of images whose score is NaN or infinite."""
+        return [self.source.names[i] for i in np.flatnonzero(~np.isfinite(self.all_scores()))]
+
+    def finish(self, threshold, threshold_source, extra):
+        """Writes scores.csv, metrics.json and the plots; returns the metrics."""
+        self.partial.close()
+        scores = self.all_scores()
+        labels = self._labels()[:len(scores)]
+        flagged = scores > threshold
+        rows = zip(self.source.names, labels, scores, np.concatenate(self.residuals),
+                   np.concatenate(self.discriminations), flagged)
+        with (atomic_path(self.result_dir / "scores.csv") as tmp,
+              open(tmp, "w", newline="", encoding="utf-8") as handle):
+            writer = csv.writer(handle)
+            writer.writerow(SCORE_COLUMNS)
+            for name, label, score, residual, discrimination, anomalous in rows:
+                writer.writerow([name, "" if label < 0 else int(label), f"{score:.6g}",
+                                 f"{residual:.6g}", f"{discrimination:.6g}", int(anomalous)])
+        os.remove(self.partial_path)
+        metrics = {"n": len(scores), "n_anomalous": int(flagged.sum()),
+                   "n_labelled_anomalous": int((labels == 1).sum()),
+                   **evaluate(scores, labels, flagged),
+                   "threshold": float(threshold), "threshold_source": threshold_source,
+                   **extra, "non_finite": self.non_finite()}
+        write_text(self.result_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        self._plots(scores, labels, threshold, metrics)
+        return metrics
+
+    def _plots(self, scores, labels, threshold, metrics):
+        plot_histogram(scores, labels, threshold, self.result_dir / "scores_hist.png")
+        plot_overview(sorted(self.worst, reverse=True), self.source, self.value_range,
+                      self.result_dir / "overview.png")
+        known = labels >= 0
+        if metrics["roc_auc"] is not None:
+            plot_roc(scores[known], labels[known], metrics["roc_auc"],
+                     self.result_dir / "roc.png")
+        if known.sum() >= 5:
+            plot_tsne(np.concatenate(self.z)[known], labels[known], self.result_dir / "tsne.png")
+
+
+def evaluate(scores, labels, flagged):
+    """ROC AUC, PR AUC and F1 over the labelled images; None without both classes."""
+    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+    known = (labels >= 0) & np.isfinite(scores)
+    y, s = labels[known], scores[known]
+    if len(np.unique(y)) < 2:
+        return {"roc_auc": None, "pr_auc": None, "f1": None}
+    return {"roc_auc": float(roc_auc_score(y, s)), "pr_auc": float(average_precision_score(y, s)),
+            "f1": float(f1_score(y, flagged[known]))}
+
+
+def save_figure(figure, path):
+    """Saves a matplotlib figure as PNG atomically and closes it."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+LABEL_STYLES = {0: ("normal", "tab:blue"), 1: ("anomalous", "tab:red"), -1: ("unlabelled", "gray")}
+
+
+def plot_histogram(scores, labels, threshold, path):
+    figure, axes = plt.subplots(figsize=(6, 4))
+    finite = np.isfinite(scores)
+    bins = np.histogram_bin_edges(scores[finite], bins=40) if finite.any() else 10
+    for value, (name, color) in LABEL_STYLES.items():
+        chosen = scores[(labels == value) & finite]
+        if len(chosen):
+            axes.hist(chosen, bins=bins, alpha=0.6, color=color, label=f"{name} ({len(chosen)})")
+    axes.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
+    axes.set(xlabel="anomaly score", ylabel="images", title="Anomaly scores")
+    axes.legend()
+    save_figure(figure, path)
+
+
+def plot_roc(scores, labels, auc, path):
+    from sklearn.metrics import roc_curve
+
+    finite = np.isfinite(scores)
+    fpr, tpr, _ = roc_curve(labels[finite], scores[finite])
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    axes.plot(fpr, tpr, color="tab:red", label=f"AUC {auc:.4f}")
+    axes.plot([0, 1], [0, 1], color="gray", linestyle=":")
+    axes.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    axes.legend(loc="lower right")
+    save_figure(figure, path)
+
+
+def plot_tsne(z, labels, path, limit=2000, seed=0):
+    """t-SNE of the final latent codes, coloured by label (at most ``limit`` points)."""
+    from sklearn.manifold import TSNE
+
+    if len(z) > limit:
+        keep = np.sort(np.random.default_rng(seed).choice(len(z), limit, replace=False))
+        z, labels = z[keep], labels[keep]
+    finite = np.isfinite(z).all(axis=1)
+    z, labels = z[finite], labels[finite]
+    embedded = TSNE(2, perplexity=min(30.0, (len(z) - 1) / 3.0), init="pca",
+                    random_state=seed).fit_transform(z)
+    figure, axes = plt.subplots(figsize=(5, 5))
+    for value, (name, color) in LABEL_STYLES.items():
+        chosen = labels == value
+        if chosen.any():
+            axes.scatter(*embedded[chosen].T, s=8, color=color, label=name)
+    axes.set(title="t-SNE of the searched z", xticks=[], yticks=[])
+    axes.legend()
+    save_figure(figure, path)
+
+
+def plot_overview(worst, source, value_range, path):
+    """Input | G(z) | residual heat map for the most anomalous images, worst first."""
+    low, high = value_range
+    figure, axes = plt.subplots(len(worst), 3, figsize=(6, 2 * len(worst)), squeeze=False)
+    for row, (score, index, image, fake) in zip(axes, worst):
+        image, fake = (np.asarray(image) - low) / (high - low), (np.asarray(fake) - low) / (
+            high - low)
+        residual = residual_map(image, fake, (0.0, 1.0))
+        panels = (image, fake, heat_overlay(image, residual))
+        for axis, panel, title in zip(row, panels, ("input", "G(z)", "residual")):
+            axis.imshow(np.clip(panel.squeeze(), 0, 1), cmap="gray", vmin=0, vmax=1)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.set_title(title, fontsize=8)
+        row[0].set_ylabel(f"{source.names[index]}\nscore {score:.4g}", fontsize=7)
+    save_figure(figure, path)

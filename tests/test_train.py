@@ -1,0 +1,153 @@
+"""Training the DCGAN for real on tiny generated data: losses, checkpoints, resume, samples."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_images, write_mnist
+from PIL import Image
+
+import main
+import model
+import utils
+
+
+def run_main(*argv):
+    return main.main([str(a) for a in argv])
+
+
+def small(dataset, size, *extra):
+    """Flags of a fast run: a few steps of batch 8."""
+    return ["--dataset", dataset, "--input_fname_pattern", "*.png", "--input_height", size,
+            "--output_height", size, "--batch_size", 8, "--sample_every", 2, *extra]
+
+
+def checkpoint_steps(folder):
+    return sorted(int(p.name.split("-")[1].split(".")[0]) for p in Path(folder).glob("*.index"))
+
+
+def test_gray_28_trains_with_finite_losses_and_writes_checkpoint(workdir):
+    write_images(workdir / "data" / "gray", 32, 28)
+    source = utils.folder_source(workdir / "data" / "gray", "*.png")
+    assert source.channels == 1
+    config = model.ModelConfig(28, 28, source.channels)
+    dcgan = model.DCGAN(config, workdir / "ckpt", model.TrainConfig(epochs=2, sample_every=4,
+                                                                    sample_dir="s", log_dir="l"))
+    dataset = utils.make_dataset(source, utils.ImageSpec((28, 28), (28, 28)), 8, shuffle_seed=0,
+                                 drop_remainder=True)
+    history = dcgan.train(dataset, 4, 8, model.sample_inputs(config, 8))
+    assert len(history) == 8
+    assert all(math.isfinite(d) and math.isfinite(g) for d, g in history)
+    assert int(dcgan.step) == 8
+    assert checkpoint_steps(workdir / "ckpt") == [8]
+    assert json.loads((workdir / "ckpt" / "config.json").read_text())["c_dim"] == 1
+    assert sorted(p.name for p in Path("s").glob("*.png")) == [
+        "train_00_0004.png", "train_01_0004.png"]
+    assert list(Path("l").glob("events.out.tfevents.*"))
+
+
+def test_rgb_32_with_crop_trains_samples_and_resumes(workdir, capsys):
+    write_images(workdir / "data" / "rgb", 32, 40, mode="RGB")
+    flags = small("rgb", 32, "--crop", "--input_height", 36, "--epoch", 2, "--train")
+    assert run_main(*flags) == 0
+    folder = workdir / "checkpoint" / "rgb_8_32_32"
+    # 32 images minus a held-out tenth (3) leaves 29 -> 3 steps per epoch.
+    assert checkpoint_steps(folder) == [6]
+    assert json.loads((folder / "config.json").read_text())["c_dim"] == 3
+    assert sorted(p.name for p in (workdir / "samples").glob("*.png")) == [
+        "train_00_0002.png", "train_01_0001.png", "train_01_0003.png"]
+    grid = Image.open(workdir / "samples" / "train_01_0003.png")
+    assert grid.size == (4 * 32, 2 * 32) and grid.mode == "RGB"
+    capsys.readouterr()
+
+    assert run_main(*flags[:-3], "--epoch", 3, "--train") == 0
+    assert "resuming from step 6" in capsys.readouterr().out
+    assert checkpoint_steps(folder) == [6, 9]
+    restored = model.DCGAN(model.ModelConfig(32, 32, 3), folder)
+    assert restored.load() and int(restored.step) == 9
+    assert int(restored.g_optim.iterations) == 18 and int(restored.d_optim.iterations) == 9
+
+    assert run_main(*flags[:-3], "--epoch", 3, "--train") == 0
+    assert "already trained 9 steps" in capsys.readouterr().out
+
+
+def test_mismatched_checkpoint_is_refused(workdir, capsys):
+    write_images(workdir / "data" / "gray", 24, 28)
+    assert run_main(*small("gray", 28, "--epoch", 1, "--train")) == 0
+    capsys.readouterr()
+    assert run_main(*small("gray", 28, "--epoch", 2, "--z_dim", 50, "--train")) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: checkpoint in") and "z_dim: checkpoint 100 vs now 50" in error
+    assert error.count("\n") == 1
+
+
+def test_anomaly_test_without_checkpoint_says_train_first(workdir, capsys):
+    write_images(workdir / "data" / "gray", 24, 28)
+    assert run_main(*small("gray", 28, "--anomaly_test")) == 2
+    assert "train a model first" in capsys.readouterr().err
+
+
+def test_conditional_mnist_trains_on_idx_files(workdir):
+    write_mnist(workdir / "data" / "mnist", train_per_digit=4)
+    assert run_main("--dataset", "mnist", "--input_height", 28, "--output_height", 28,
+                    "--batch_size", 8, "--epoch", 1, "--sample_every", 2, "--train") == 0
+    folder = workdir / "checkpoint" / "mnist_8_28_28"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["y_dim"] == 10 and config["c_dim"] == 1
+    # 40 images minus 4 held out -> 4 steps.
+    assert checkpoint_steps(folder) == [4]
+    dcgan = model.DCGAN(model.ModelConfig(28, 28, 1, y_dim=10), folder)
+    assert dcgan.load()
+    images = dcgan.generate(*model.sample_inputs(dcgan.config, 10))
+    assert images.shape == (10, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
+
+
+def test_one_class_mnist_trains_unconditional_on_chosen_digits(workdir, capsys):
+    write_mnist(workdir / "data" / "mnist", train_per_digit=12)
+    source = utils.mnist_source(workdir / "data" / "mnist", "train", (1, 7))
+    assert len(source) == 24 and set(source.labels) == {1, 7}
+    assert run_main("--dataset", "mnist", "--input_height", 28, "--output_height", 28,
+                    "--normal_class", "1,7", "--batch_size", 8, "--epoch", 1, "--train") == 0
+    assert "training on 22 images" in capsys.readouterr().out
+    folder = workdir / "checkpoint" / "mnist_8_28_28_normal17"
+    assert json.loads((folder / "config.json").read_text())["y_dim"] == 0
+    assert checkpoint_steps(folder) == [2]
+
+
+def test_visualize_writes_grids_and_gifs(workdir):
+    write_images(workdir / "data" / "gray", 24, 28)
+    flags = small("gray", 28, "--z_dim", 4)
+    assert run_main(*flags, "--epoch", 1, "--train") == 0
+    assert run_main(*flags, "--visualize", "--generate_test_images", 9) == 0
+    grids = list((workdir / "samples").glob("test_2*.png"))
+    assert len(grids) == 1 and Image.open(grids[0]).size == (3 * 28, 3 * 28)
+    assert run_main(*flags, "--visualize", "--visualize_option", 1) == 0
+    assert len(list((workdir / "samples").glob("test_arange_*.png"))) == 4
+    assert run_main(*flags, "--visualize", "--visualize_option", 4) == 0
+    gif = Image.open(workdir / "samples" / "test_gif_merged.gif")
+    assert gif.n_frames == 8 and gif.size == (2 * 28, 2 * 28)
+
+
+@pytest.mark.parametrize("size, expected", [
+    ((28, 28), (28, 28)), ((64, 64), (64, 64)), ((48, 40), (48, 40)), ((9, 13), (9, 13))])
+def test_generator_and_discriminator_handle_any_size(size, expected):
+    config = model.ModelConfig(*size, c_dim=3, z_dim=8, gf_dim=4, df_dim=4)
+    generator, discriminator = model.Generator(config), model.Discriminator(config)
+    images = generator(np.zeros((2, 8), np.float32))
+    logits, features = discriminator(images)
+    assert images.shape == (2, *expected, 3)
+    assert logits.shape == (2, 1) and features.shape[-1] == 32
+
+
+def test_original_initialisers_and_parameter_count():
+    config = model.ModelConfig(64, 64, 3)
+    dcgan = model.DCGAN(config, "unused")
+    g_kernel = dcgan.generator.deconvs[0].kernel.numpy()
+    d_kernel = dcgan.discriminator.convs[0].kernel.numpy()
+    assert abs(g_kernel.std() - 0.02) < 0.002 and abs(d_kernel.std() - 0.02 * 0.88) < 0.002
+    assert np.abs(d_kernel).max() <= 0.04 + 1e-6
+    # The original 64x64 DCGAN sizes: G 3.58M and D 2.76M parameters.
+    assert dcgan.generator.count_params() == 3_576_704
+    assert dcgan.discriminator.count_params() == 2_765_569

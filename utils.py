@@ -315,8 +315,16 @@ def split_holdout(source, seed):
 NORMAL_FOLDERS = ("normal", "good")
 
 
+RESULT_MARKERS = ("metrics.json", ".scores.partial.csv")
+
+
+def is_result_folder(folder):
+    """Whether ``folder`` holds an earlier anomaly test's results (never scored as input)."""
+    return any((Path(folder) / marker).exists() for marker in RESULT_MARKERS)
+
+
 def test_folder_source(test_dir, exclude, channels):
-    """Images under ``test_dir`` (not under ``exclude``), labelled by their first folder.
+    """Images under ``test_dir`` (not under ``exclude`` or earlier result folders).
 
     A first folder named normal/good gives label 0, any other folder 1, and images directly
     in ``test_dir`` are unlabelled (-1). Images are read with the model's ``channels``.
@@ -324,12 +332,18 @@ def test_folder_source(test_dir, exclude, channels):
     test_dir, exclude = Path(test_dir), Path(exclude).resolve()
     if not test_dir.is_dir():
         raise DataError(f"test folder {test_dir} not found")
-    try:
-        files = sorted(p for p in test_dir.rglob("*")
-                       if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                       and not p.name.startswith(".") and exclude not in p.resolve().parents)
-    except OSError as error:
-        raise DataError(f"cannot read test folder {test_dir}: {error.strerror}") from error
+    files = []
+
+    def unreadable(error):
+        raise DataError(f"cannot read {error.filename}: {error.strerror}")
+
+    for folder, subfolders, names in os.walk(test_dir, onerror=unreadable):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")
+                               and Path(folder, d).resolve() != exclude
+                               and not is_result_folder(Path(folder, d)))
+        files += [Path(folder, n) for n in names
+                  if Path(n).suffix.lower() in IMAGE_EXTENSIONS and not n.startswith(".")]
+    files.sort()
     names = [p.relative_to(test_dir).as_posix() for p in files]
     labels = [-1 if "/" not in name else
               0 if name.split("/")[0].lower() in NORMAL_FOLDERS else 1 for name in names]

@@ -1,0 +1,173 @@
+"""The AnoGAN anomaly test on a tiny model trained for real: search, scores, files, metrics."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import write_images, write_mnist
+from PIL import Image
+
+import main
+import model
+import utils
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A DCGAN trained briefly on 28x28 ring images; returns the flags that find it."""
+    root = tmp_path_factory.mktemp("anogan")
+    write_images(root / "data" / "rings", 24, 28, kind=0)
+    flags = ["--dataset", "rings", "--input_fname_pattern", "*.png", "--input_height", "28",
+             "--output_height", "28", "--batch_size", "8", "--z_dim", "16",
+             "--data_dir", str(root / "data"), "--checkpoint_dir", str(root / "checkpoint"),
+             "--sample_dir", str(root / "samples"), "--log_dir", str(root / "logs")]
+    assert main.main([*flags, "--epoch", "2", "--train"]) == 0
+    return root, flags
+
+
+def anomaly_test(flags, test_dir, *extra):
+    return main.main([*flags, "--anomaly_test", "--test_dir", str(test_dir), "--test_epoch", "4",
+                      "--test_batch_size", "4", *map(str, extra)])
+
+
+def read_scores(result_dir):
+    with open(result_dir / "scores.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def labelled_test_dir(root):
+    test_dir = root / "labelled"
+    write_images(test_dir / "normal", 5, 28, kind=0, seed=7)
+    write_images(test_dir / "anomaly", 4, 28, kind=4, seed=8)
+    return test_dir
+
+
+def test_labelled_folder_writes_every_output(trained):
+    root, flags = trained
+    test_dir = labelled_test_dir(root)
+    assert anomaly_test(flags, test_dir) == 0
+    result_dir = test_dir / "test_result"
+    rows = read_scores(result_dir)
+    assert list(rows[0]) == list(utils.SCORE_COLUMNS)
+    names = [r["file"] for r in rows]
+    assert names == sorted(names) and len(rows) == 9
+    assert [r["label"] for r in rows] == ["1"] * 4 + ["0"] * 5
+    for row in rows:
+        score, residual, dis = (float(row[k]) for k in
+                                ("anomaly_score", "residual_loss", "discrimination_loss"))
+        assert score == pytest.approx(0.9 * residual + 0.1 * dis, rel=1e-4)
+        stem = row["file"].replace("/", "_").rsplit(".", 1)[0]
+        for step in (0, 2, 4):
+            for prefix in ("AD", "AD_error"):
+                image = Image.open(result_dir / f"{prefix}_{step}_{stem}.png")
+                assert image.size == (28, 28) and image.mode == "L"
+    metrics = json.loads((result_dir / "metrics.json").read_text())
+    assert set(metrics) >= {"n", "n_anomalous", "roc_auc", "pr_auc", "threshold",
+                            "threshold_source", "f1", "seconds", "images_per_second",
+                            "test_epoch", "ano_lambda"}
+    assert metrics["n"] == 9 and metrics["test_epoch"] == 4 and metrics["ano_lambda"] == 0.1
+    assert 0.0 <= metrics["roc_auc"] <= 1.0 and 0.0 <= metrics["pr_auc"] <= 1.0
+    normal = [float(r["anomaly_score"]) for r in rows if r["label"] == "0"]
+    assert metrics["threshold_source"] == "normal_test_images"
+    assert metrics["threshold"] == pytest.approx(np.percentile(normal, 95), rel=1e-5)
+    flagged = [r["is_anomaly"] == "1" for r in rows]
+    assert flagged == [float(r["anomaly_score"]) > metrics["threshold"] for r in rows]
+    assert metrics["n_anomalous"] == sum(flagged)
+    for name in ("roc.png", "scores_hist.png", "overview.png", "tsne.png"):
+        assert Image.open(result_dir / name).size[0] > 100
+    assert not (result_dir / ".scores.partial.csv").exists()
+
+
+def test_manual_threshold_and_gan_discrimination(trained):
+    root, flags = trained
+    test_dir = labelled_test_dir(root)
+    assert anomaly_test(flags, test_dir, "--threshold", "1e9", "--dis_loss", "gan",
+                        "--test_result_dir", "gan") == 0
+    result_dir = test_dir / "gan"
+    metrics = json.loads((result_dir / "metrics.json").read_text())
+    assert metrics["threshold_source"] == "manual" and metrics["threshold"] == 1e9
+    assert metrics["n_anomalous"] == 0 and metrics["f1"] == 0.0
+    rows = read_scores(result_dir)
+    assert all(r["is_anomaly"] == "0" for r in rows)
+    for row in rows:  # D's GAN loss on G(z): a softplus of a logit, positive and small.
+        assert 0.0 < float(row["discrimination_loss"]) < 50.0
+    assert anomaly_test(flags, test_dir, "--threshold", "-1", "--test_result_dir", "low") == 0
+    assert json.loads((test_dir / "low" / "metrics.json").read_text())["n_anomalous"] == 9
+
+
+def test_unlabelled_images_give_null_aucs_and_heldout_threshold(trained, capsys):
+    root, flags = trained
+    test_dir = root / "unlabelled"
+    write_images(test_dir, 3, 28, kind=2, seed=9)
+    assert anomaly_test(flags, test_dir) == 0
+    assert "held-out training images" in capsys.readouterr().out
+    result_dir = test_dir / "test_result"
+    metrics = json.loads((result_dir / "metrics.json").read_text())
+    assert metrics["roc_auc"] is None and metrics["pr_auc"] is None and metrics["f1"] is None
+    assert metrics["threshold_source"] == "heldout_train_images"
+    assert [r["label"] for r in read_scores(result_dir)] == ["", "", ""]
+    assert not (result_dir / "roc.png").exists() and not (result_dir / "tsne.png").exists()
+    assert (result_dir / "overview.png").exists() and (result_dir / "scores_hist.png").exists()
+
+
+def test_batch_search_equals_single_image_search(trained):
+    root, _ = trained
+    dcgan = model.DCGAN(model.ModelConfig(28, 28, 1, z_dim=16), root / "checkpoint" /
+                        "rings_8_28_28")
+    assert dcgan.load()
+    source = utils.folder_source(labelled_test_dir(root), "*.png")
+    images = np.stack([utils.load_image(f, (28, 28), (28, 28), False, 1) for f in source.files])
+    z0 = np.random.default_rng(1).uniform(-1, 1, (len(images), 16)).astype(np.float32)
+    labels = np.zeros((len(images), 0), np.float32)
+    search = model.SearchConfig(steps=10)
+    batch = dcgan.search(images, labels, z0, search)
+    for i in range(len(images)):
+        single = dcgan.search(images[i:i + 1], labels[i:i + 1], z0[i:i + 1], search)
+        np.testing.assert_allclose(single.score, batch.score[i:i + 1], rtol=1e-4)
+        np.testing.assert_allclose(single.z, batch.z[i:i + 1], rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(single.snapshots[10], batch.snapshots[10][i:i + 1],
+                                   atol=1e-4)
+    # The search improves on the starting point, and a fresh z gives the same start again.
+    start = dcgan.search(images, labels, z0, model.SearchConfig(steps=1))
+    assert (batch.score < start.score).all()
+    again = dcgan.search(images, labels, z0, search)
+    np.testing.assert_allclose(again.score, batch.score, rtol=1e-5)
+
+
+def test_best_of_keeps_each_images_lowest_score():
+    def result(scores):
+        scores = np.asarray(scores, np.float32)
+        return model.SearchResult(scores, scores * 2, scores * 3, scores[:, None] * np.ones((1, 2)),
+                                  {0: scores[:, None, None, None] * np.ones((1, 2, 2, 1))})
+
+    best = model.SearchResult.best_of([result([3, 1, 5]), result([2, 4, 0])])
+    np.testing.assert_array_equal(best.score, [2, 1, 0])
+    np.testing.assert_array_equal(best.residual, [4, 2, 0])
+    np.testing.assert_array_equal(best.z[:, 0], [2, 1, 0])
+    np.testing.assert_array_equal(best.snapshots[0][:, 0, 0, 0], [2, 1, 0])
+
+
+def test_mnist_one_class_and_conditional_scoring(tmp_path):
+    write_mnist(tmp_path / "data" / "mnist", train_per_digit=4, test_per_digit=3)
+    common = ["--dataset", "mnist", "--input_height", "28", "--output_height", "28",
+              "--batch_size", "8", "--z_dim", "8", "--data_dir", str(tmp_path / "data"),
+              "--checkpoint_dir", str(tmp_path / "ckpt"), "--log_dir", str(tmp_path / "logs"),
+              "--sample_dir", str(tmp_path / "samples"), "--test_dir", str(tmp_path / "test"),
+              "--test_epoch", "2", "--test_batch_size", "8", "--epoch", "1"]
+    # One-class: normal digit 0, the MNIST test split (30 images) capped at 10, stratified.
+    assert main.main([*common, "--normal_class", "0", "--train", "--anomaly_test",
+                      "--test_size", "10"]) == 0
+    rows = read_scores(tmp_path / "test" / "test_result")
+    assert len(rows) == 10 and [r["label"] for r in rows].count("0") == 1
+    assert json.loads((tmp_path / "test" / "test_result" / "metrics.json").read_text())[
+        "roc_auc"] is not None
+    # Conditional: digits known on the test split; unknown for a folder (best of 10 labels).
+    assert main.main([*common, "--train", "--anomaly_test", "--test_size", "4",
+                      "--test_result_dir", "conditional"]) == 0
+    assert len(read_scores(tmp_path / "test" / "conditional")) == 4
+    write_images(tmp_path / "test" / "anomaly", 2, 28, kind=5)
+    write_images(tmp_path / "test" / "normal", 2, 28, kind=1)
+    assert main.main([*common, "--anomaly_test", "--test_result_dir", "folder"]) == 0
+    rows = read_scores(tmp_path / "test" / "folder")
+    assert [r["label"] for r in rows] == ["1", "1", "0", "0"]

@@ -8,6 +8,7 @@
 import argparse
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -46,9 +47,16 @@ def threshold_value(text):
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one stderr line and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser():
     """The original's flags (same names and defaults) and the port's new ones."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = Parser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     flag = p.add_argument
     boolean = argparse.BooleanOptionalAction
@@ -152,7 +160,12 @@ def training_source(args):
     if not folder.is_dir():
         raise utils.DataError(f"dataset folder {folder} not found: put images there or run "
                               f"`python download.py {args.dataset}`")
-    return utils.folder_source(folder, args.input_fname_pattern)
+    return utils.folder_source(folder, args.input_fname_pattern, crop_size(args))
+
+
+def crop_size(args):
+    """The (h, w) every image must at least have: the crop, with --crop."""
+    return (args.input_height, args.input_width) if args.crop else None
 
 
 def image_spec(args, y_dim):
@@ -218,8 +231,10 @@ def visualize(args):
 def test_source(args, channels):
     """The images to score: --test_dir when it holds any, else MNIST's test split."""
     result_dir = Path(args.test_dir) / args.test_result_dir
+    if Path(args.test_dir).exists() and not Path(args.test_dir).is_dir():
+        raise utils.DataError(f"--test_dir {args.test_dir} is not a folder")
     if Path(args.test_dir).is_dir():
-        source = utils.test_folder_source(args.test_dir, result_dir, channels)
+        source = utils.test_folder_source(args.test_dir, result_dir, channels, crop_size(args))
         if len(source):
             return source
     if args.dataset.lower() == "mnist":
@@ -296,12 +311,29 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         run(resolve(args))
     except (UsageError, utils.DataError, model.CheckpointError, model.TrainingDiverged) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
+    except model.TrainingInterrupted as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("error: interrupted; finished files are complete, scores.csv is written only at "
+              "the end: run again", file=sys.stderr)
+        return 130
     return 0
+
+
+def interrupt(signum, frame):
+    """Turns SIGTERM into KeyboardInterrupt, so that training saves a checkpoint first."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ class CheckpointError(Exception):
     """A checkpoint that is missing or was built for another model shape."""
 
 
+class TrainingInterrupted(Exception):
+    """Training stopped by Ctrl-C or SIGTERM after saving a checkpoint."""
+
+
 class TrainingDiverged(Exception):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -204,6 +208,12 @@ def sample_inputs(config, count, seed=0):
     return z, np.zeros((count, 0), np.float32)
 
 
+def starting_z(indices, z_dim, seed=0):
+    """The latent search's U(-1, 1) starting z of each image index, reproducible from ``seed``."""
+    return np.stack([np.random.default_rng([seed, i]).uniform(-1.0, 1.0, z_dim)
+                     for i in indices]).astype(np.float32)
+
+
 def per_example_bce(logits, target):
     """Sigmoid cross-entropy of each example's logit against a constant target."""
     return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
@@ -325,22 +335,35 @@ class DCGAN:
         ``self.step``. Returns the list of (d_loss, g_loss) of this run.
         """
         cfg = self.train_config
-        total_steps = cfg.epochs * steps_per_epoch
         step_fn = self._distributed_train_step(batch_size)
         writer = tf.summary.create_file_writer(cfg.log_dir)
         history = []
         first_epoch = int(self.step) // steps_per_epoch
-        for epoch in range(first_epoch, cfg.epochs):
-            done = int(self.step) - epoch * steps_per_epoch
-            batches = self._with_noise(dataset, seed + epoch).take(steps_per_epoch - done)
-            bar = tqdm(self.strategy.experimental_distribute_dataset(batches),
-                       total=steps_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       unit="step", leave=False)
+        try:
+            for epoch in range(first_epoch, cfg.epochs):
+                history += self._train_epoch(dataset, epoch, steps_per_epoch, step_fn,
+                                             sample_inputs, writer, seed)
+        except KeyboardInterrupt:
+            path = self.save()
+            raise TrainingInterrupted(f"interrupted at step {int(self.step)}; saved {path}: run "
+                                      "--train again to resume") from None
+        self.save()
+        writer.flush()
+        return history
+
+    def _train_epoch(self, dataset, epoch, steps_per_epoch, step_fn, sample_inputs, writer, seed):
+        """The rest of one epoch from ``self.step``; returns its (d_loss, g_loss) pairs."""
+        cfg = self.train_config
+        done = int(self.step) - epoch * steps_per_epoch
+        batches = self._with_noise(dataset, seed + epoch).take(steps_per_epoch - done)
+        history = []
+        with tqdm(self.strategy.experimental_distribute_dataset(batches), total=steps_per_epoch,
+                  initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                  leave=False) as bar:
             for images, labels, z in bar:
                 d_loss, g_loss = (float(v) for v in step_fn(images, labels, z))
                 step = int(self.step)
                 if not (math.isfinite(d_loss) and math.isfinite(g_loss)):
-                    bar.close()
                     raise TrainingDiverged(
                         f"losses became non-finite at step {step} (d_loss {d_loss}, g_loss "
                         f"{g_loss}); the last good checkpoint in {self.checkpoint_dir} is kept: "
@@ -354,13 +377,9 @@ class DCGAN:
                     self.save_samples(sample_inputs, epoch, step - epoch * steps_per_epoch, writer)
                 if step % cfg.save_every == 0:
                     self.save()
-            bar.close()
-            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs} done: step {int(self.step)}"
-                       + (f", d_loss {history[-1][0]:.4f}, g_loss {history[-1][1]:.4f}"
-                          if history else ""))
-        if int(self.step) >= total_steps:
-            self.save()
-            writer.flush()
+        tqdm.write(f"epoch {epoch + 1}/{cfg.epochs} done: step {int(self.step)}"
+                   + (f", d_loss {history[-1][0]:.4f}, g_loss {history[-1][1]:.4f}"
+                      if history else ""))
         return history
 
     def _with_noise(self, dataset, seed):
@@ -457,12 +476,15 @@ class DCGAN:
     def anomaly_test(self, dataset, search, total_batches=None, seed=0):
         """Yields (images, ``SearchResult``) per batch of ``dataset`` ((images, labels) batches).
 
-        Every batch starts from its own U(-1, 1) z, reproducible from ``seed``.
+        Image i starts from its own U(-1, 1) z drawn from (``seed``, i), so its result does
+        not depend on the batch size.
         """
-        for index, (images, labels) in enumerate(
-                tqdm(dataset, total=total_batches, desc="anomaly search", unit="batch")):
-            z0 = tf.random.stateless_uniform((tf.shape(images)[0], self.config.z_dim),
-                                             seed=[seed, index], minval=-1.0, maxval=1.0)
+        start = 0
+        for images, labels in tqdm(dataset, total=total_batches, desc="anomaly search",
+                                   unit="batch"):
+            count = int(tf.shape(images)[0])
+            z0 = starting_z(range(start, start + count), self.config.z_dim, seed)
+            start += count
             yield images.numpy(), self.search(images, labels, z0, search)
 
     # Sampling --------------------------------------------------------------------------------

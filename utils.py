@@ -7,7 +7,9 @@ import heapq
 import json
 import math
 import os
+import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import matplotlib
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+from tqdm import tqdm
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -233,13 +236,52 @@ class ImageSpec:
     value_range: tuple = (-1.0, 1.0)
 
 
-def folder_source(folder, pattern):
-    """All images matching ``pattern`` under ``folder``; c_dim from the first one."""
+def folder_source(folder, pattern, crop_size=None):
+    """All readable images matching ``pattern`` under ``folder``; c_dim from the first one."""
     files = list_images(folder, pattern)
     if not files:
-        raise DataError(f"no images matching '{pattern}' in {folder}")
+        raise DataError(f"no images matching '{pattern}' in {folder}: put images there or run "
+                        "`python download.py <dataset>` (mnist, celebA, lsun)")
+    files = readable_images(files, crop_size)
     return ImageSource(names=[os.path.relpath(f, folder) for f in files],
                        channels=image_channels(files[0]), files=files)
+
+
+def image_problem(path):
+    """None when Pillow decodes ``path`` completely, else why not; and its (w, h) size."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return None, image.size
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        return str(error) or type(error).__name__, None
+
+
+def readable_images(files, crop_size=None):
+    """``files`` without those that cannot be decoded, with a warning that counts them.
+
+    Raises DataError when none is readable, or when one is smaller than ``crop_size`` (h, w).
+    """
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        checks = list(tqdm(pool.map(image_problem, files), total=len(files), unit="image",
+                           desc="checking images", disable=len(files) < 2000, leave=False))
+    bad = [(f, problem) for f, (problem, _) in zip(files, checks) if problem]
+    if len(bad) == len(files):
+        raise DataError(f"none of the {len(files)} images can be read, e.g. {bad[0][0]}: "
+                        f"{bad[0][1]}")
+    if bad:
+        print(f"warning: skipped {len(bad)} of {len(files)} images that cannot be read, e.g. "
+              f"{bad[0][0]}: {bad[0][1]}", file=sys.stderr)
+    good = [(f, size) for f, (problem, size) in zip(files, checks) if not problem]
+    if crop_size is not None:
+        crop_h, crop_w = crop_size
+        small = [(f, size) for f, size in good if size[0] < crop_w or size[1] < crop_h]
+        if small:
+            (path, (width, height)) = small[0]
+            raise DataError(f"{path}: image is {width}x{height}, smaller than the crop "
+                            f"{crop_w}x{crop_h} ({len(small)} such images): lower "
+                            "--input_height/--input_width or drop --crop")
+    return [f for f, _ in good]
 
 
 def mnist_source(folder, split, digits=None):
@@ -323,7 +365,7 @@ def is_result_folder(folder):
     return any((Path(folder) / marker).exists() for marker in RESULT_MARKERS)
 
 
-def test_folder_source(test_dir, exclude, channels):
+def test_folder_source(test_dir, exclude, channels, crop_size=None):
     """Images under ``test_dir`` (not under ``exclude`` or earlier result folders).
 
     A first folder named normal/good gives label 0, any other folder 1, and images directly
@@ -343,7 +385,8 @@ def test_folder_source(test_dir, exclude, channels):
                                and not is_result_folder(Path(folder, d)))
         files += [Path(folder, n) for n in names
                   if Path(n).suffix.lower() in IMAGE_EXTENSIONS and not n.startswith(".")]
-    files.sort()
+    if files:
+        files = [Path(f) for f in readable_images(sorted(str(p) for p in files), crop_size)]
     names = [p.relative_to(test_dir).as_posix() for p in files]
     labels = [-1 if "/" not in name else
               0 if name.split("/")[0].lower() in NORMAL_FOLDERS else 1 for name in names]

@@ -79,6 +79,16 @@ def test_labelled_folder_writes_every_output(trained):
     assert not (result_dir / ".scores.partial.csv").exists()
 
 
+def test_scores_do_not_depend_on_the_test_batch_size(trained):
+    root, flags = trained
+    test_dir = labelled_test_dir(root)
+    assert anomaly_test(flags, test_dir, "--test_result_dir", "b4") == 0
+    assert anomaly_test(flags, test_dir, "--test_batch_size", 3, "--test_result_dir", "b3") == 0
+    b4, b3 = (np.array([float(r["anomaly_score"]) for r in read_scores(test_dir / name)])
+              for name in ("b4", "b3"))
+    np.testing.assert_allclose(b3, b4, rtol=1e-4)
+
+
 def test_manual_threshold_and_gan_discrimination(trained):
     root, flags = trained
     test_dir = labelled_test_dir(root)
@@ -125,7 +135,7 @@ def test_batch_search_equals_single_image_search(trained):
     for i in range(len(images)):
         single = dcgan.search(images[i:i + 1], labels[i:i + 1], z0[i:i + 1], search)
         np.testing.assert_allclose(single.score, batch.score[i:i + 1], rtol=1e-4)
-        np.testing.assert_allclose(single.z, batch.z[i:i + 1], rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(single.z, batch.z[i:i + 1], atol=2e-3)
         np.testing.assert_allclose(single.snapshots[10], batch.snapshots[10][i:i + 1],
                                    atol=1e-4)
     # The search improves on the starting point, and a fresh z gives the same start again.

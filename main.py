@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -198,9 +199,9 @@ def train(args):
                          f"{args.batch_size}: lower --batch_size or add images")
     dcgan, resumed = build_model(args, source.channels)
     if resumed:
-        print(f"resuming from step {int(dcgan.step)} in {dcgan.checkpoint_dir}")
-    if int(dcgan.step) >= args.epoch * steps_per_epoch:
-        print(f"already trained {int(dcgan.step)} steps ({args.epoch} epochs): raise --epoch "
+        print(f"resuming from step {dcgan.steps_done} in {dcgan.checkpoint_dir}")
+    if dcgan.steps_done >= args.epoch * steps_per_epoch:
+        print(f"already trained {dcgan.steps_done} steps ({args.epoch} epochs): raise --epoch "
               "to train more")
         return
     dataset = utils.make_dataset(train, image_spec(args, args.y_dim), args.batch_size,
@@ -281,9 +282,17 @@ def choose_threshold(args, dcgan, report, train_source):
 
 def anomaly_test(args):
     dcgan, train_source = trained_model(args)
+    if dcgan.is_chief:
+        score_and_report(args, dcgan, train_source, Path(args.test_dir) / args.test_result_dir)
+        return
+    with tempfile.TemporaryDirectory() as scratch:  # other workers search but write nothing
+        score_and_report(args, dcgan, train_source, Path(scratch))
+
+
+def score_and_report(args, dcgan, train_source, result_dir):
+    """Scores the test images and writes every output into ``result_dir``."""
     source = utils.limit_source(test_source(args, dcgan.config.c_dim), args.test_size,
                                 args.seed)
-    result_dir = Path(args.test_dir) / args.test_result_dir
     report = utils.AnomalyReport(result_dir, source, dcgan.config.value_range)
     print(f"scoring {len(source)} images, {args.test_epoch} search steps each")
     started = time.perf_counter()

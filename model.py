@@ -1,8 +1,10 @@
 """The DCGAN of carpedm20/DCGAN-tensorflow in TensorFlow 2, and the AnoGAN latent search."""
 
 import dataclasses
+import functools
 import json
 import math
+import tempfile
 import time
 from pathlib import Path
 
@@ -191,13 +193,29 @@ class ConditionalDiscriminator(keras.Model):
         return self.logit(tf.concat([h, y], 1)), features
 
 
+@functools.cache
 def make_strategy(name="default", devices=None):
-    """The tf.distribute strategy called ``name`` (default, mirrored or multiworker)."""
+    """The tf.distribute strategy called ``name`` (default, mirrored or multiworker).
+
+    One per process and configuration: strategies own process-wide collective keys, and two
+    alike would collide.
+    """
     if name == "mirrored":
         return tf.distribute.MirroredStrategy(devices.split(",") if devices else None)
     if name == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def is_chief(strategy):
+    """False only for the non-chief workers of a multi-worker strategy."""
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return not has_chief and resolver.task_type == "worker" and resolver.task_id == 0
 
 
 def sample_inputs(config, count, seed=0):
@@ -285,11 +303,30 @@ class DCGAN:
                 from error
         return True
 
+    @property
+    def steps_done(self):
+        """Training steps taken so far (restored with the checkpoint)."""
+        return int(self.step.numpy())
+
+    @property
+    def is_chief(self):
+        """Whether this process writes checkpoints and outputs (always, but for non-chief
+        workers of a multi-worker strategy)."""
+        return is_chief(self.strategy)
+
     def save(self):
-        """Writes a checkpoint at the current step, and the model's config.json."""
+        """Writes a checkpoint at the current step, and the model's config.json.
+
+        Every worker must call this (saving is collective); non-chief workers write to a
+        temporary folder that is removed at once.
+        """
+        if not self.is_chief:
+            with tempfile.TemporaryDirectory() as scratch:
+                tf.train.CheckpointManager(self.checkpoint, scratch, 1).save()
+            return None
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         utils.write_text(self.config_path, json.dumps(dataclasses.asdict(self.config), indent=2))
-        return self.manager.save(checkpoint_number=int(self.step))
+        return self.manager.save(checkpoint_number=self.steps_done)
 
     # Training --------------------------------------------------------------------------------
 
@@ -336,16 +373,17 @@ class DCGAN:
         """
         cfg = self.train_config
         step_fn = self._distributed_train_step(batch_size)
-        writer = tf.summary.create_file_writer(cfg.log_dir)
+        writer = (tf.summary.create_file_writer(cfg.log_dir) if self.is_chief
+                  else tf.summary.create_noop_writer())
         history = []
-        first_epoch = int(self.step) // steps_per_epoch
+        first_epoch = self.steps_done // steps_per_epoch
         try:
             for epoch in range(first_epoch, cfg.epochs):
                 history += self._train_epoch(dataset, epoch, steps_per_epoch, step_fn,
                                              sample_inputs, writer, seed)
         except KeyboardInterrupt:
             path = self.save()
-            raise TrainingInterrupted(f"interrupted at step {int(self.step)}; saved {path}: run "
+            raise TrainingInterrupted(f"interrupted at step {self.steps_done}; saved {path}: run "
                                       "--train again to resume") from None
         self.save()
         writer.flush()
@@ -354,7 +392,7 @@ class DCGAN:
     def _train_epoch(self, dataset, epoch, steps_per_epoch, step_fn, sample_inputs, writer, seed):
         """The rest of one epoch from ``self.step``; returns its (d_loss, g_loss) pairs."""
         cfg = self.train_config
-        done = int(self.step) - epoch * steps_per_epoch
+        done = self.steps_done - epoch * steps_per_epoch
         batches = self._with_noise(dataset, seed + epoch).take(steps_per_epoch - done)
         history = []
         with tqdm(self.strategy.experimental_distribute_dataset(batches), total=steps_per_epoch,
@@ -362,7 +400,7 @@ class DCGAN:
                   leave=False) as bar:
             for images, labels, z in bar:
                 d_loss, g_loss = (float(v) for v in step_fn(images, labels, z))
-                step = int(self.step)
+                step = self.steps_done
                 if not (math.isfinite(d_loss) and math.isfinite(g_loss)):
                     raise TrainingDiverged(
                         f"losses became non-finite at step {step} (d_loss {d_loss}, g_loss "
@@ -373,11 +411,11 @@ class DCGAN:
                 with writer.as_default(step=step):
                     tf.summary.scalar("d_loss", d_loss)
                     tf.summary.scalar("g_loss", g_loss)
-                if step % cfg.sample_every == 0:
+                if step % cfg.sample_every == 0 and self.is_chief:
                     self.save_samples(sample_inputs, epoch, step - epoch * steps_per_epoch, writer)
                 if step % cfg.save_every == 0:
                     self.save()
-        tqdm.write(f"epoch {epoch + 1}/{cfg.epochs} done: step {int(self.step)}"
+        tqdm.write(f"epoch {epoch + 1}/{cfg.epochs} done: step {self.steps_done}"
                    + (f", d_loss {history[-1][0]:.4f}, g_loss {history[-1][1]:.4f}"
                       if history else ""))
         return history
@@ -467,10 +505,35 @@ class DCGAN:
         return SearchResult(score, residual, discrimination, z,
                             dict(zip(search.snapshot_steps, snapshots)))
 
+    def _on_replicas(self, fn):
+        """``fn`` run on contiguous slices of its batch per replica, outputs gathered in order.
+
+        Each replica (over all workers) searches its own images; every process gets all
+        results back. With one replica this is ``fn`` itself.
+        """
+        replicas = self.strategy.num_replicas_in_sync
+        if replicas == 1:
+            return fn
+
+        def replica_fn(*batch):
+            context = tf.distribute.get_replica_context()
+            bounds = tf.range(replicas + 1) * tf.shape(batch[0])[0] // replicas
+            replica = context.replica_id_in_sync_group
+            first, last = bounds[replica], bounds[replica + 1]
+            outputs = fn(*(tensor[first:last] for tensor in batch))
+            return [context.all_gather(output, axis=0) for output in outputs]
+
+        @tf.function(reduce_retracing=True)
+        def run(*batch):
+            outputs = self.strategy.run(replica_fn, args=batch)
+            return [self.strategy.experimental_local_results(output)[0] for output in outputs]
+
+        return run
+
     def _search_fn(self, search):
         """The compiled search for ``search``, built once per configuration."""
         if search not in self._searches:
-            self._searches[search] = self._search_graph(search)
+            self._searches[search] = self._on_replicas(self._search_graph(search))
         return self._searches[search]
 
     def anomaly_test(self, dataset, search, total_batches=None, seed=0):
@@ -502,7 +565,7 @@ class DCGAN:
         utils.save_images(images, path, value_range=self.config.value_range)
         if writer is not None:
             low, high = self.config.value_range
-            with writer.as_default(step=int(self.step)):
+            with writer.as_default(step=self.steps_done):
                 tf.summary.image("samples", (images - low) / (high - low), max_outputs=8)
         return path
 

@@ -40,7 +40,7 @@ def test_gray_28_trains_with_finite_losses_and_writes_checkpoint(workdir):
     history = dcgan.train(dataset, 4, 8, model.sample_inputs(config, 8))
     assert len(history) == 8
     assert all(math.isfinite(d) and math.isfinite(g) for d, g in history)
-    assert int(dcgan.step) == 8
+    assert dcgan.steps_done == 8
     assert checkpoint_steps(workdir / "ckpt") == [8]
     assert json.loads((workdir / "ckpt" / "config.json").read_text())["c_dim"] == 1
     assert sorted(p.name for p in Path("s").glob("*.png")) == [
@@ -66,7 +66,7 @@ def test_rgb_32_with_crop_trains_samples_and_resumes(workdir, capsys):
     assert "resuming from step 6" in capsys.readouterr().out
     assert checkpoint_steps(folder) == [6, 9]
     restored = model.DCGAN(model.ModelConfig(32, 32, 3), folder)
-    assert restored.load() and int(restored.step) == 9
+    assert restored.load() and restored.steps_done == 9
     assert int(restored.g_optim.iterations) == 18 and int(restored.d_optim.iterations) == 9
 
     assert run_main(*flags[:-3], "--epoch", 3, "--train") == 0

@@ -86,6 +86,8 @@ def build_parser():
     flag("--generate_test_images", type=int, default=100,
          help="images in the --visualize_option 0 grid")
     flag("--z_dim", type=int, default=100, help="latent size")
+    flag("--gf_dim", type=int, default=64, help="filters of G's last deconv (doubling inwards)")
+    flag("--df_dim", type=int, default=64, help="filters of D's first conv (doubling inwards)")
     flag("--y_dim", type=int, default=None,
          help="label size of a class-conditional DCGAN [10 for mnist without --normal_class]")
     flag("--normal_class", type=digits_list, default=None,
@@ -135,7 +137,7 @@ def resolve(args):
         (not 0.0 <= args.ano_lambda <= 1.0, "--ano_lambda must be in [0, 1]"),
         (args.learning_rate <= 0 or args.test_learning_rate <= 0, "learning rates must be > 0"),
         (not 0.0 <= args.beta1 < 1.0, "--beta1 must be in [0, 1)"),
-        (args.z_dim < 1, "--z_dim must be positive"),
+        (min(args.z_dim, args.gf_dim, args.df_dim) < 1, "--z_dim/--gf_dim/--df_dim must be > 0"),
         (args.save_every < 1 or args.sample_every < 1, "--save_every/--sample_every must be > 0"),
         (args.generate_test_images < 1, "--generate_test_images must be positive"),
     ]
@@ -179,7 +181,8 @@ def image_spec(args, y_dim):
 def build_model(args, channels):
     """The DCGAN for these flags, restored from its checkpoint when one exists."""
     config = model.ModelConfig(args.output_height, args.output_width, channels,
-                               z_dim=args.z_dim, y_dim=args.y_dim)
+                               z_dim=args.z_dim, y_dim=args.y_dim, gf_dim=args.gf_dim,
+                               df_dim=args.df_dim)
     train_config = model.TrainConfig(
         epochs=args.epoch, learning_rate=args.learning_rate, beta1=args.beta1,
         save_every=args.save_every, sample_every=args.sample_every, sample_dir=args.sample_dir,

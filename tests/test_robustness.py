@@ -18,7 +18,7 @@ import utils
 
 REPO = Path(__file__).resolve().parents[1]
 GRAY = ["--dataset", "gray", "--input_fname_pattern", "*.png", "--input_height", "28",
-        "--output_height", "28", "--batch_size", "8"]
+        "--output_height", "28", "--batch_size", "8", "--gf_dim", "8", "--df_dim", "8"]
 
 
 def error_line(capsys):
@@ -87,6 +87,7 @@ def test_images_smaller_than_the_crop_are_refused(workdir, capsys):
 def test_bad_test_dir_is_refused(workdir, capsys):
     write_images(workdir / "data" / "gray", 24, 28)
     assert main.main([*GRAY, "--epoch", "1", "--train"]) == 0
+    capsys.readouterr()
     (workdir / "afile").write_text("x")
     assert main.main([*GRAY, "--anomaly_test", "--test_dir", "afile"]) == 2
     assert "--test_dir afile is not a folder" in error_line(capsys)
@@ -139,7 +140,7 @@ def test_sigkill_mid_training_resumes_from_last_checkpoint(workdir, capsys):
         process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL
     last = checkpoint_steps(folder)[-1]
-    restored = model.DCGAN(model.ModelConfig(28, 28, 1), folder)
+    restored = model.DCGAN(model.ModelConfig(28, 28, 1, gf_dim=8, df_dim=8), folder)
     assert restored.load() and restored.steps_done == last
     capsys.readouterr()
     assert main.main([*GRAY, "--epoch", str(last // 2 + 2), "--train"]) == 0

@@ -13,6 +13,8 @@ import main
 import model
 import utils
 
+TINY = ["--gf_dim", 8, "--df_dim", 8]
+
 
 def run_main(*argv):
     return main.main([str(a) for a in argv])
@@ -21,7 +23,7 @@ def run_main(*argv):
 def small(dataset, size, *extra):
     """Flags of a fast run: a few steps of batch 8."""
     return ["--dataset", dataset, "--input_fname_pattern", "*.png", "--input_height", size,
-            "--output_height", size, "--batch_size", 8, "--sample_every", 2, *extra]
+            "--output_height", size, "--batch_size", 8, "--sample_every", 2, *TINY, *extra]
 
 
 def checkpoint_steps(folder):
@@ -32,7 +34,7 @@ def test_gray_28_trains_with_finite_losses_and_writes_checkpoint(workdir):
     write_images(workdir / "data" / "gray", 32, 28)
     source = utils.folder_source(workdir / "data" / "gray", "*.png")
     assert source.channels == 1
-    config = model.ModelConfig(28, 28, source.channels)
+    config = model.ModelConfig(28, 28, source.channels, gf_dim=8, df_dim=8)
     dcgan = model.DCGAN(config, workdir / "ckpt", model.TrainConfig(epochs=2, sample_every=4,
                                                                     sample_dir="s", log_dir="l"))
     dataset = utils.make_dataset(source, utils.ImageSpec((28, 28), (28, 28)), 8, shuffle_seed=0,
@@ -65,7 +67,7 @@ def test_rgb_32_with_crop_trains_samples_and_resumes(workdir, capsys):
     assert run_main(*flags[:-3], "--epoch", 3, "--train") == 0
     assert "resuming from step 6" in capsys.readouterr().out
     assert checkpoint_steps(folder) == [6, 9]
-    restored = model.DCGAN(model.ModelConfig(32, 32, 3), folder)
+    restored = model.DCGAN(model.ModelConfig(32, 32, 3, gf_dim=8, df_dim=8), folder)
     assert restored.load() and restored.steps_done == 9
     assert int(restored.g_optim.iterations) == 18 and int(restored.d_optim.iterations) == 9
 
@@ -92,13 +94,13 @@ def test_anomaly_test_without_checkpoint_says_train_first(workdir, capsys):
 def test_conditional_mnist_trains_on_idx_files(workdir):
     write_mnist(workdir / "data" / "mnist", train_per_digit=4)
     assert run_main("--dataset", "mnist", "--input_height", 28, "--output_height", 28,
-                    "--batch_size", 8, "--epoch", 1, "--sample_every", 2, "--train") == 0
+                    "--batch_size", 8, "--epoch", 1, "--sample_every", 2, *TINY, "--train") == 0
     folder = workdir / "checkpoint" / "mnist_8_28_28"
     config = json.loads((folder / "config.json").read_text())
     assert config["y_dim"] == 10 and config["c_dim"] == 1
     # 40 images minus 4 held out -> 4 steps.
     assert checkpoint_steps(folder) == [4]
-    dcgan = model.DCGAN(model.ModelConfig(28, 28, 1, y_dim=10), folder)
+    dcgan = model.DCGAN(model.ModelConfig(28, 28, 1, y_dim=10, gf_dim=8, df_dim=8), folder)
     assert dcgan.load()
     images = dcgan.generate(*model.sample_inputs(dcgan.config, 10))
     assert images.shape == (10, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
@@ -107,9 +109,10 @@ def test_conditional_mnist_trains_on_idx_files(workdir):
 def test_one_class_mnist_trains_unconditional_on_chosen_digits(workdir, capsys):
     write_mnist(workdir / "data" / "mnist", train_per_digit=12)
     source = utils.mnist_source(workdir / "data" / "mnist", "train", (1, 7))
-    assert len(source) == 24 and set(source.labels) == {1, 7}
+    assert len(source) == 24 and set(source.classes) == {1, 7}
     assert run_main("--dataset", "mnist", "--input_height", 28, "--output_height", 28,
-                    "--normal_class", "1,7", "--batch_size", 8, "--epoch", 1, "--train") == 0
+                    "--normal_class", "1,7", "--batch_size", 8, "--epoch", 1, *TINY,
+                    "--train") == 0
     assert "training on 22 images" in capsys.readouterr().out
     folder = workdir / "checkpoint" / "mnist_8_28_28_normal17"
     assert json.loads((folder / "config.json").read_text())["y_dim"] == 0
@@ -127,7 +130,12 @@ def test_visualize_writes_grids_and_gifs(workdir):
     assert len(list((workdir / "samples").glob("test_arange_*.png"))) == 4
     assert run_main(*flags, "--visualize", "--visualize_option", 4) == 0
     gif = Image.open(workdir / "samples" / "test_gif_merged.gif")
-    assert gif.n_frames == 8 and gif.size == (2 * 28, 2 * 28)
+    assert gif.size == (2 * 28, 2 * 28)
+    durations = []  # Pillow merges identical frames, adding up their durations.
+    for index in range(gif.n_frames):
+        gif.seek(index)
+        durations.append(gif.info["duration"])
+    assert sum(durations) == 8 * 1000
 
 
 @pytest.mark.parametrize("size, expected", [
@@ -148,6 +156,11 @@ def test_original_initialisers_and_parameter_count():
     d_kernel = dcgan.discriminator.convs[0].kernel.numpy()
     assert abs(g_kernel.std() - 0.02) < 0.002 and abs(d_kernel.std() - 0.02 * 0.88) < 0.002
     assert np.abs(d_kernel).max() <= 0.04 + 1e-6
-    # The original 64x64 DCGAN sizes: G 3.58M and D 2.76M parameters.
-    assert dcgan.generator.count_params() == 3_576_704
-    assert dcgan.discriminator.count_params() == 2_765_569
+    # 64x64x3, z 100: G = linear 100->4*4*512 + deconvs 512->256->128->64->3, D = convs
+    # 3->64->128->256->512 + linear 8192->1; batch norm counts gamma, beta, mean and variance.
+    g = (101 * 8192 + 25 * (512 * 256 + 256 * 128 + 128 * 64 + 64 * 3)
+         + 256 + 128 + 64 + 3 + 4 * (512 + 256 + 128 + 64))
+    d = 25 * (3 * 64 + 64 * 128 + 128 * 256 + 256 * 512) + 64 + 128 + 256 + 512 + 8193 + 4 * (
+        128 + 256 + 512)
+    assert dcgan.generator.count_params() == g == 5_137_283
+    assert dcgan.discriminator.count_params() == d == 4_318_337

@@ -395,12 +395,16 @@ class DCGAN:
         Adam is the original's (tf.train.AdamOptimizer: beta2 0.999, epsilon 1e-8), written
         out so that every batch starts from fresh state inside one graph. The loss is the sum
         of per-image scores, so images do not interact and a batch equals its single images.
-        The weights are fixed, so the convolutions' transposed filters are prepared once.
+        The weights are fixed, so the convolutions' transposed filters are prepared once; any
+        batch size runs the same graph (traced once).
         """
         beta1, beta2, epsilon = search.beta1, 0.999, 1e-8
         _, middle, last = search.snapshot_steps
+        cfg = self.config
+        signature = [tf.TensorSpec((None, cfg.output_height, cfg.output_width, cfg.c_dim)),
+                     tf.TensorSpec((None, cfg.y_dim)), tf.TensorSpec((None, cfg.z_dim))]
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(input_signature=signature)
         def run(images, labels, z0):
             with frozen(self.generator, self.discriminator):
                 _, target_features = self.discriminator(images, labels, training=False)

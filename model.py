@@ -14,7 +14,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 import utils
-from ops import Deconv2D, batch_norm, conv2d, conv_cond_concat, halve, linear, lrelu
+from ops import Deconv2D, batch_norm, conv2d, conv_cond_concat, frozen, halve, linear, lrelu
 
 
 class CheckpointError(Exception):
@@ -452,36 +452,43 @@ class DCGAN:
         Adam is the original's (tf.train.AdamOptimizer: beta2 0.999, epsilon 1e-8), written
         out so that every batch starts from fresh state inside one graph. The loss is the sum
         of per-image scores, so images do not interact and a batch equals its single images.
+        The weights are fixed, so the convolutions' transposed filters are prepared once; any
+        batch size runs the same graph (traced once).
         """
         beta1, beta2, epsilon = search.beta1, 0.999, 1e-8
         _, middle, last = search.snapshot_steps
+        cfg = self.config
+        signature = [tf.TensorSpec((None, cfg.output_height, cfg.output_width, cfg.c_dim)),
+                     tf.TensorSpec((None, cfg.y_dim)), tf.TensorSpec((None, cfg.z_dim))]
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(input_signature=signature)
         def run(images, labels, z0):
-            _, target_features = self.discriminator(images, labels, training=False)
-            z, m, v = z0, tf.zeros_like(z0), tf.zeros_like(z0)
-            first = mid = tf.zeros_like(images)
-            for t in tf.range(last):
-                with tf.GradientTape() as tape:
-                    tape.watch(z)
-                    score, _, _, fake = self._anomaly_losses(images, labels, z, target_features,
-                                                             search)
-                    total = tf.reduce_sum(score)
-                if t == 0:
-                    first = fake
-                if t == middle:
+            with frozen(self.generator, self.discriminator):
+                _, target_features = self.discriminator(images, labels, training=False)
+                z, m, v = z0, tf.zeros_like(z0), tf.zeros_like(z0)
+                first = mid = tf.zeros_like(images)
+                for t in tf.range(last):
+                    with tf.GradientTape() as tape:
+                        tape.watch(z)
+                        score, _, _, fake = self._anomaly_losses(
+                            images, labels, z, target_features, search)
+                        total = tf.reduce_sum(score)
+                    if t == 0:
+                        first = fake
+                    if t == middle:
+                        mid = fake
+                    grad = tape.gradient(total, z)
+                    step = tf.cast(t + 1, tf.float32)
+                    m = beta1 * m + (1.0 - beta1) * grad
+                    v = beta2 * v + (1.0 - beta2) * tf.square(grad)
+                    rate = (search.learning_rate * tf.sqrt(1.0 - beta2 ** step)
+                            / (1.0 - beta1 ** step))
+                    z = z - rate * m / (tf.sqrt(v) + epsilon)
+                score, residual, discrimination, fake = self._anomaly_losses(
+                    images, labels, z, target_features, search)
+                if middle == last:
                     mid = fake
-                grad = tape.gradient(total, z)
-                step = tf.cast(t + 1, tf.float32)
-                m = beta1 * m + (1.0 - beta1) * grad
-                v = beta2 * v + (1.0 - beta2) * tf.square(grad)
-                rate = search.learning_rate * tf.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
-                z = z - rate * m / (tf.sqrt(v) + epsilon)
-            score, residual, discrimination, fake = self._anomaly_losses(
-                images, labels, z, target_features, search)
-            if middle == last:
-                mid = fake
-            return score, residual, discrimination, z, first, mid, fake
+                return score, residual, discrimination, z, first, mid, fake
 
         return run
 

@@ -1,0 +1,72 @@
+"""Shared pieces of the benchmarks: repo imports, FLOP counts from layer shapes, the roofline."""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import keras
+import tensorflow as tf
+
+import ops
+
+
+def layer_flops(layer):
+    """Forward FLOPs per image of one weighted layer (2 per multiply-add), from its shapes.
+
+    Dense: in x out. Conv2D: every output pixel of every tap (padding included). Deconv2D:
+    every input pixel through every tap.
+    """
+    kernel = layer.kernel.shape
+    if isinstance(layer, ops.Conv2D):
+        out_pixels = 1
+        for size in layer.input_size:
+            out_pixels *= -(-size // layer.stride)
+        return 2 * out_pixels * kernel[0] * kernel[1] * kernel[2] * kernel[3]
+    if isinstance(layer, ops.Deconv2D):
+        height, width = layer.input_size
+        return 2 * height * width * kernel[0] * kernel[1] * kernel[2] * kernel[3]
+    return 2 * kernel[0] * kernel[1]
+
+
+def model_flops(model):
+    """Forward FLOPs per image of each weighted layer of an unconditional G or D, in call order."""
+    weighted = (keras.layers.Dense, ops.Conv2D, ops.Deconv2D)
+    return [layer_flops(layer) for layer in model.layers if isinstance(layer, weighted)]
+
+
+def matmul_gflops(size=2048, seconds=1.5):
+    """FLOP/s (in GFLOP/s) of a large dense float32 ``tf.matmul``, the practical peak."""
+    a = tf.random.uniform((size, size))
+    b = tf.random.uniform((size, size))
+    matmul = tf.function(tf.matmul)
+    matmul(a, b).numpy()
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        matmul(a, b).numpy()
+        count += 1
+    return 2 * size ** 3 * count / (time.perf_counter() - started) / 1e9
+
+
+def configure_threads(intra, inter):
+    """Sets TensorFlow's thread pools (0 keeps TensorFlow's default)."""
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
+
+
+def environment():
+    """Where the figures were measured."""
+    gpus = tf.config.list_logical_devices("GPU")
+    return {"device": gpus[0].name if gpus else "CPU", "cpu_count": os.cpu_count(),
+            "tensorflow": tf.__version__,
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
+
+
+def print_json(figures):
+    print(json.dumps(figures, indent=2))

@@ -1,0 +1,90 @@
+"""Training throughput (images/s) of the compiled DCGAN step, against the matmul roofline.
+
+    python benchmarks/train_step.py [--height 28 --channels 1 --batch 64 --steps 5]
+
+Prints one JSON object, measured in this one process: ``--steps`` calls of the compiled step
+that ``DCGAN.train`` runs (``_distributed_train_step``) on random images, after one call that
+traces it, between two measurements of a large dense ``tf.matmul``.
+
+FLOPs per trained image are counted from the layer shapes (2 per multiply-add; batch norm and
+activations left out), with G and D the forward FLOPs of the generator and the discriminator
+(logit included), G0 and D0 those of their first layers. A backward pass costs one forward per
+gradient it needs: of the layer's input, of its weights, or both.
+
+- D update: G forward, D forward on real and on fake images (G + 2D); D's weight gradients for
+  both (2D) and its input gradients except the first layer's, as the images need none
+  (2(D - D0)).
+- G update, twice: G and D forward (G + D); D's input gradients (D), G's weight gradients (G)
+  and G's input gradients except the first layer's, as z needs none (G - G0).
+
+Total: 7G + 10D - 2 D0 - 2 G0.
+"""
+
+import argparse
+import tempfile
+import time
+
+import common
+import numpy as np
+import tensorflow as tf
+
+import model
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--height", type=int, default=28)
+    parser.add_argument("--width", type=int, default=None, help="default: --height")
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--intra_threads", type=int, default=0, help="0: TensorFlow's default")
+    parser.add_argument("--inter_threads", type=int, default=0, help="0: TensorFlow's default")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def train_flops(dcgan):
+    """FLOPs of one training step per image (see the module docstring)."""
+    g_layers = common.model_flops(dcgan.generator)
+    d_layers = common.model_flops(dcgan.discriminator)
+    g, d = sum(g_layers), sum(d_layers)
+    return 7 * g + 10 * d - 2 * d_layers[0] - 2 * g_layers[0]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    common.configure_threads(args.intra_threads, args.inter_threads)
+    width = args.width or args.height
+    rng = np.random.default_rng(args.seed)
+    with tempfile.TemporaryDirectory() as checkpoint_dir:
+        dcgan = model.DCGAN(model.ModelConfig(args.height, width, args.channels), checkpoint_dir)
+    images = tf.constant(rng.uniform(-1, 1, (args.batch, args.height, width, args.channels)),
+                         tf.float32)
+    labels = tf.zeros((args.batch, 0))
+    z = tf.constant(rng.uniform(-1, 1, (args.batch, dcgan.config.z_dim)), tf.float32)
+    step = dcgan._distributed_train_step(args.batch)
+    [loss.numpy() for loss in step(images, labels, z)]
+    matmul = [common.matmul_gflops()]
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        losses = step(images, labels, z)
+    [loss.numpy() for loss in losses]
+    seconds = time.perf_counter() - started
+    matmul.append(common.matmul_gflops())
+    flops = train_flops(dcgan)
+    images_per_s = args.batch * args.steps / seconds
+    matmul_mean = sum(matmul) / len(matmul)
+    common.print_json({
+        "height": args.height, "width": width, "channels": args.channels, "batch": args.batch,
+        "steps": args.steps, "images_per_s": round(images_per_s, 2),
+        "steps_per_s": round(args.steps / seconds, 3),
+        "flops_per_image": flops, "gflops": round(images_per_s * flops / 1e9, 2),
+        "matmul_gflops": round(matmul_mean, 2),
+        "matmul_gflops_samples": [round(m, 2) for m in matmul],
+        "roofline_ratio": round(images_per_s * flops / 1e9 / matmul_mean, 3),
+        **common.environment()})
+
+
+if __name__ == "__main__":
+    main()

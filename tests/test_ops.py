@@ -1,0 +1,54 @@
+"""ops.py's strided convolutions and transposes equal TensorFlow's, values and gradients."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import ops
+
+# (input size of the transposed convolution, its output size): even, odd, non-square, 1x1,
+# and a size large enough for tf.nn.conv2d_transpose itself.
+SIZES = [((2, 2), (4, 4)), ((4, 4), (7, 7)), ((4, 3), (7, 5)), ((1, 1), (2, 1)),
+         ((3, 5), (6, 9)), ((9, 9), (17, 17))]
+
+
+def values(rng, *shape):
+    return tf.constant(rng.normal(size=shape), tf.float32)
+
+
+@pytest.mark.parametrize(("small", "large"), SIZES)
+@pytest.mark.parametrize("frozen", [False, True])
+def test_transpose_and_conv_match_tensorflow(small, large, frozen):
+    rng = np.random.default_rng(0)
+    batch, channels_small, channels_large = 3, 6, 4
+    kernel = values(rng, 5, 5, channels_large, channels_small)
+    x_small = values(rng, batch, *small, channels_small)
+    x_large = values(rng, batch, *large, channels_large)
+    filters = ops.phase_filters(kernel, small, large, 2) if frozen else None
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x_small, x_large, kernel])
+        ours = [ops.conv2d_transpose_same(x_small, kernel, large, 2, filters),
+                ops.conv2d_same(x_large, kernel, 2, filters)]
+        theirs = [tf.nn.conv2d_transpose(x_small, kernel, (batch, *large, channels_large), 2,
+                                         "SAME"),
+                  tf.nn.conv2d(x_large, kernel, 2, "SAME")]
+    for mine, reference, source in zip(ours, theirs, (x_small, x_large)):
+        np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-4)
+        weights = values(rng, *reference.shape)
+        for got, want in zip(tape.gradient(mine, [source, kernel], weights),
+                             tape.gradient(reference, [source, kernel], weights)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_phase_filters_only_for_small_inputs():
+    kernel = tf.zeros((5, 5, 2, 3))
+    assert len(ops.phase_filters(kernel, (8, 8), (16, 16), 2)) == 4
+    assert ops.phase_filters(kernel, (9, 8), (17, 16), 2) is None
+
+
+def test_frozen_prepares_filters_only_inside():
+    layer = ops.Deconv2D(3, (7, 7))
+    layer.build((None, 4, 4, 5))
+    with layer.frozen():
+        assert len(layer.frozen_filters) == 4
+    assert layer.frozen_filters is None

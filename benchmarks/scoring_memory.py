@@ -72,7 +72,8 @@ def score(root, size, steps):
     """Child process: scores ``size`` test images through main.py and prints its figures."""
     started = time.perf_counter()
     status = anogan.main([*flags(root), "--anomaly_test", "--test_size", str(size),
-                          "--test_epoch", str(steps), "--test_dir", str(Path(root) / f"test_{size}")])
+                          "--test_epoch", str(steps),
+                          "--test_dir", str(Path(root) / f"test_{size}")])
     print(json.dumps({"images": size, "status": status, "peak_rss_mb": round(peak_rss_mb(), 1),
                       "seconds": round(time.perf_counter() - started, 1)}))
 

@@ -6,6 +6,7 @@ biases start at zero, and batch norm uses epsilon 1e-5 and momentum 0.9.
 """
 
 import contextlib
+import itertools
 
 import keras
 import tensorflow as tf
@@ -52,7 +53,7 @@ def halve(size):
 
 
 class FreezableConv:
-    """Mixin of a strided 'SAME' convolution layer whose transposed filter can be prepared once.
+    """Mixin of a strided 'SAME' convolution layer whose transposed filters can be prepared once.
 
     ``frozen_filters`` are the filters of the transposed direction (G's forward, D's input
     gradient); None means they are derived from the kernel on every call.
@@ -76,7 +77,7 @@ class FreezableConv:
 
 @contextlib.contextmanager
 def frozen(*models):
-    """Freezes every ``FreezableConv`` layer of ``models`` (e.g. for the latent search)."""
+    """Freezes the ``FreezableConv`` layers directly in ``models`` (e.g. for the latent search)."""
     with contextlib.ExitStack() as stack:
         for model in models:
             for layer in model.layers:
@@ -202,8 +203,8 @@ def _transpose(x, kernel, output_size, stride, filters=None):
     padded = tf.pad(x, [[0, 0], rows, cols, [0, 0]])
     blocks = [-(-size // stride) for size in output_size]
     phases = []
-    for (top, row_taps), (left, col_taps), phase_filter in zip(
-            [r for r in row_phases for _ in col_phases], col_phases * stride, filters):
+    for ((top, row_taps), (left, col_taps)), phase_filter in zip(
+            itertools.product(row_phases, col_phases), filters):
         window = padded[:, top:top + blocks[0] + len(row_taps) - 1,
                         left:left + blocks[1] + len(col_taps) - 1, :]
         phases.append(tf.nn.conv2d(window, phase_filter, 1, "VALID"))

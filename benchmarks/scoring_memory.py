@@ -10,6 +10,7 @@ and ``ratio`` (largest over smallest size), which stays near 1 when scoring stre
 """
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -71,7 +72,8 @@ def score(root, size, steps):
     """Child process: scores ``size`` test images through main.py and prints its figures."""
     started = time.perf_counter()
     status = anogan.main([*flags(root), "--anomaly_test", "--test_size", str(size),
-                          "--test_epoch", str(steps), "--test_dir", str(Path(root) / f"test_{size}")])
+                          "--test_epoch", str(steps),
+                          "--test_dir", str(Path(root) / f"test_{size}")])
     print(json.dumps({"images": size, "status": status, "peak_rss_mb": round(peak_rss_mb(), 1),
                       "seconds": round(time.perf_counter() - started, 1)}))
 
@@ -98,9 +100,11 @@ def main(argv=None):
         return score(args.root, args.score, args.steps)
     with tempfile.TemporaryDirectory() as root:
         write_mnist(Path(root) / "data" / "mnist", train=160, test=max(args.sizes))
-        if anogan.main([*flags(root), "--train", "--epoch", "1", "--train_size", "64"]) != 0:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the JSON only
+            trained = anogan.main([*flags(root), "--train", "--epoch", "1", "--train_size", "64"])
+        if trained != 0:
             raise RuntimeError("training the benchmark model failed")
-        runs = [measure(root, size, args.steps) for size in args.sizes]
+        runs = [measure(root, size, args.steps) for size in sorted(args.sizes)]
     peaks = {str(run["images"]): run["peak_rss_mb"] for run in runs}
     common.print_json({
         "steps": args.steps, "peak_rss_mb": peaks,

@@ -344,7 +344,7 @@ def main(argv=None):
 
 
 def interrupt(signum, frame):
-    """Turns SIGTERM into KeyboardInterrupt, so that training saves a checkpoint first."""
+    """Turns SIGTERM into KeyboardInterrupt outside training (which handles it itself)."""
     raise KeyboardInterrupt
 
 

@@ -1,10 +1,13 @@
 """The DCGAN of carpedm20/DCGAN-tensorflow in TensorFlow 2, and the AnoGAN latent search."""
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -218,6 +221,30 @@ def is_chief(strategy):
     return not has_chief and resolver.task_type == "worker" and resolver.task_id == 0
 
 
+@contextlib.contextmanager
+def stop_requests():
+    """An Event set by the first SIGINT or SIGTERM (a second SIGINT interrupts at once).
+
+    Training checks it between steps, so a checkpoint is never cut short mid-write.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def sample_inputs(config, count, seed=0):
     """The fixed (z, labels) of the training sample grids; labels cycle through the classes."""
     z = np.random.default_rng(seed).uniform(-1, 1, (count, config.z_dim)).astype(np.float32)
@@ -378,9 +405,10 @@ class DCGAN:
         history = []
         first_epoch = self.steps_done // steps_per_epoch
         try:
-            for epoch in range(first_epoch, cfg.epochs):
-                history += self._train_epoch(dataset, epoch, steps_per_epoch, step_fn,
-                                             sample_inputs, writer, seed)
+            with stop_requests() as stop:
+                for epoch in range(first_epoch, cfg.epochs):
+                    history += self._train_epoch(dataset, epoch, steps_per_epoch, step_fn,
+                                                 sample_inputs, writer, seed, stop)
         except KeyboardInterrupt:
             path = self.save()
             raise TrainingInterrupted(f"interrupted at step {self.steps_done}; saved {path}: run "
@@ -389,7 +417,8 @@ class DCGAN:
         writer.flush()
         return history
 
-    def _train_epoch(self, dataset, epoch, steps_per_epoch, step_fn, sample_inputs, writer, seed):
+    def _train_epoch(self, dataset, epoch, steps_per_epoch, step_fn, sample_inputs, writer, seed,
+                     stop):
         """The rest of one epoch from ``self.step``; returns its (d_loss, g_loss) pairs."""
         cfg = self.train_config
         done = self.steps_done - epoch * steps_per_epoch
@@ -415,6 +444,8 @@ class DCGAN:
                     self.save_samples(sample_inputs, epoch, step - epoch * steps_per_epoch, writer)
                 if step % cfg.save_every == 0:
                     self.save()
+                if stop.is_set():
+                    raise KeyboardInterrupt
         tqdm.write(f"epoch {epoch + 1}/{cfg.epochs} done: step {self.steps_done}"
                    + (f", d_loss {history[-1][0]:.4f}, g_loss {history[-1][1]:.4f}"
                       if history else ""))

@@ -1,5 +1,6 @@
 """Shared pieces of the benchmarks: repo imports, FLOP counts from layer shapes, the roofline."""
 
+import argparse
 import json
 import os
 import sys
@@ -14,6 +15,22 @@ import keras
 import tensorflow as tf
 
 import ops
+
+
+def shape_parser(description, steps=None, threads=False):
+    """An argument parser with the benchmark's image shape and batch (and steps, threads)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--height", type=int, default=28)
+    parser.add_argument("--width", type=int, default=None, help="default: --height")
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=64)
+    if steps is not None:
+        parser.add_argument("--steps", type=int, default=steps)
+    if threads:
+        parser.add_argument("--intra_threads", type=int, default=0, help="0: TensorFlow's default")
+        parser.add_argument("--inter_threads", type=int, default=0, help="0: TensorFlow's default")
+        parser.add_argument("--seed", type=int, default=0)
+    return parser
 
 
 def layer_flops(layer):

@@ -10,7 +10,6 @@ input gradient (what the latent search needs), with TensorFlow's ops (``tf.nn.co
 measured in the same run for reference.
 """
 
-import argparse
 import tempfile
 import time
 
@@ -22,11 +21,7 @@ import ops
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--height", type=int, default=28)
-    parser.add_argument("--width", type=int, default=None, help="default: --height")
-    parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=64)
+    parser = common.shape_parser(__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=0.5, help="timing per measurement")
     return parser.parse_args(argv)
 

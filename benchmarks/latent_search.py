@@ -15,7 +15,6 @@ once per search, are left out. ``matmul_gflops`` is a large dense ``tf.matmul`` 
 and after the searches (their mean); ``roofline_ratio`` = batched FLOP/s / matmul FLOP/s.
 """
 
-import argparse
 import tempfile
 import time
 
@@ -26,17 +25,9 @@ import model
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--height", type=int, default=28)
-    parser.add_argument("--width", type=int, default=None, help="default: --height")
-    parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20)
+    parser = common.shape_parser(__doc__.splitlines()[0], steps=20, threads=True)
     parser.add_argument("--per_image", type=int, default=8, help="images searched one by one")
     parser.add_argument("--dis_loss", choices=("feature", "gan"), default="feature")
-    parser.add_argument("--intra_threads", type=int, default=0, help="0: TensorFlow's default")
-    parser.add_argument("--inter_threads", type=int, default=0, help="0: TensorFlow's default")
-    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 

@@ -20,7 +20,6 @@ gradient it needs: of the layer's input, of its weights, or both.
 Total: 7G + 10D - 2 D0 - 2 G0.
 """
 
-import argparse
 import tempfile
 import time
 
@@ -32,15 +31,7 @@ import model
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--height", type=int, default=28)
-    parser.add_argument("--width", type=int, default=None, help="default: --height")
-    parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--intra_threads", type=int, default=0, help="0: TensorFlow's default")
-    parser.add_argument("--inter_threads", type=int, default=0, help="0: TensorFlow's default")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = common.shape_parser(__doc__.splitlines()[0], steps=5, threads=True)
     return parser.parse_args(argv)
 
 

@@ -155,15 +155,18 @@ def model_dir(args):
     return name
 
 
-def training_source(args):
-    """The training images: MNIST's train split (of the normal digits) or a folder."""
+def training_source(args, check=True):
+    """The training images: MNIST's train split (of the normal digits) or a folder.
+
+    Without ``check`` a folder's images are listed but not decoded (enough for c_dim).
+    """
     if args.dataset.lower() == "mnist":
         return utils.mnist_source(Path(args.data_dir) / "mnist", "train", args.normal_class)
     folder = Path(args.data_dir) / args.dataset
     if not folder.is_dir():
         raise utils.DataError(f"dataset folder {folder} not found: put images there or run "
                               f"`python download.py {args.dataset}`")
-    return utils.folder_source(folder, args.input_fname_pattern, crop_size(args))
+    return utils.folder_source(folder, args.input_fname_pattern, crop_size(args), check)
 
 
 def crop_size(args):
@@ -216,17 +219,16 @@ def train(args):
 
 
 def trained_model(args):
-    """A restored DCGAN and its training source, or UsageError telling to train first."""
-    source = training_source(args)
-    dcgan, restored = build_model(args, source.channels)
+    """A restored DCGAN, or UsageError telling to train first."""
+    dcgan, restored = build_model(args, training_source(args, check=False).channels)
     if not restored:
         raise UsageError(f"no checkpoint in {dcgan.checkpoint_dir}: train a model first "
                          "(python main.py --train with the same --dataset and sizes)")
-    return dcgan, source
+    return dcgan
 
 
 def visualize(args):
-    dcgan, _ = trained_model(args)
+    dcgan = trained_model(args)
     count = args.generate_test_images if args.visualize_option == 0 else args.batch_size
     paths = dcgan.visualize(args.visualize_option, args.sample_dir, count, args.seed)
     print(f"wrote {len(paths)} file(s) to {args.sample_dir}")
@@ -266,7 +268,7 @@ def score_source(dcgan, source, args, report=None):
     return np.concatenate(scores)
 
 
-def choose_threshold(args, dcgan, report, train_source):
+def choose_threshold(args, dcgan, report):
     """The manual threshold, or the 95th percentile of normal images' scores."""
     if args.threshold != "auto":
         return args.threshold, "manual"
@@ -274,7 +276,7 @@ def choose_threshold(args, dcgan, report, train_source):
     normal = normal[np.isfinite(normal)]
     if len(normal):
         return float(np.percentile(normal, 95)), "normal_test_images"
-    _, held_out = utils.split_holdout(train_source, args.seed)
+    _, held_out = utils.split_holdout(training_source(args), args.seed)
     if not len(held_out):
         raise utils.DataError("no labelled normal test images and too few training images to "
                               "hold out: pass --threshold <score>")
@@ -284,15 +286,15 @@ def choose_threshold(args, dcgan, report, train_source):
 
 
 def anomaly_test(args):
-    dcgan, train_source = trained_model(args)
+    dcgan = trained_model(args)
     if dcgan.is_chief:
-        score_and_report(args, dcgan, train_source, Path(args.test_dir) / args.test_result_dir)
+        score_and_report(args, dcgan, Path(args.test_dir) / args.test_result_dir)
         return
     with tempfile.TemporaryDirectory() as scratch:  # other workers search but write nothing
-        score_and_report(args, dcgan, train_source, Path(scratch))
+        score_and_report(args, dcgan, Path(scratch))
 
 
-def score_and_report(args, dcgan, train_source, result_dir):
+def score_and_report(args, dcgan, result_dir):
     """Scores the test images and writes every output into ``result_dir``."""
     source = utils.limit_source(test_source(args, dcgan.config.c_dim), args.test_size,
                                 args.seed)
@@ -301,7 +303,7 @@ def score_and_report(args, dcgan, train_source, result_dir):
     started = time.perf_counter()
     score_source(dcgan, source, args, report)
     seconds = time.perf_counter() - started
-    threshold, threshold_source = choose_threshold(args, dcgan, report, train_source)
+    threshold, threshold_source = choose_threshold(args, dcgan, report)
     metrics = report.finish(threshold, threshold_source, {
         "seconds": round(seconds, 3), "images_per_second": round(len(source) / seconds, 3),
         "test_epoch": args.test_epoch, "ano_lambda": args.ano_lambda})

@@ -236,13 +236,17 @@ class ImageSpec:
     value_range: tuple = (-1.0, 1.0)
 
 
-def folder_source(folder, pattern, crop_size=None):
-    """All readable images matching ``pattern`` under ``folder``; c_dim from the first one."""
+def folder_source(folder, pattern, crop_size=None, check=True):
+    """All images matching ``pattern`` under ``folder``; c_dim from the first one.
+
+    With ``check`` (the default) images that cannot be decoded are dropped first.
+    """
     files = list_images(folder, pattern)
     if not files:
         raise DataError(f"no images matching '{pattern}' in {folder}: put images there or run "
                         "`python download.py <dataset>` (mnist, celebA, lsun)")
-    files = readable_images(files, crop_size)
+    if check:
+        files = readable_images(files, crop_size)
     return ImageSource(names=[os.path.relpath(f, folder) for f in files],
                        channels=image_channels(files[0]), files=files)
 

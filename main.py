@@ -66,6 +66,10 @@ def build_parser():
     flag("--learning_rate", type=float, default=0.0002, help="Adam learning rate")
     flag("--beta1", type=float, default=0.5, help="Adam beta1")
     flag("--test_learning_rate", type=float, default=0.001, help="latent-search learning rate")
+    flag("--test_restarts", type=int, default=1,
+         help="starting z per test image, searched together; the lowest score is kept")
+    flag("--test_clip_z", action=boolean, default=False,
+         help="keep z in G's prior range [-1, 1] after every search step")
     flag("--train_size", type=float, default=math.inf, help="cap on training images per epoch")
     flag("--train", action=boolean, default=False, help="train the DCGAN")
     flag("--anomaly_test", action=boolean, default=False, help="score the test images")
@@ -131,6 +135,7 @@ def resolve(args):
         (min(args.input_height, args.input_width) < 1, "--input_height/width must be positive"),
         (args.epoch < 1, "--epoch must be positive"),
         (args.test_epoch < 1, "--test_epoch must be positive"),
+        (args.test_restarts < 1, "--test_restarts must be positive"),
         (args.batch_size < 1 or args.test_batch_size < 1, "batch sizes must be positive"),
         (not args.train_size >= 1, "--train_size must be at least 1"),
         (args.test_size is not None and args.test_size < 1, "--test_size must be positive"),
@@ -252,7 +257,8 @@ def test_source(args, channels):
 def search_config(args):
     return model.SearchConfig(steps=args.test_epoch, learning_rate=args.test_learning_rate,
                               beta1=args.beta1, ano_lambda=args.ano_lambda,
-                              dis_loss=args.dis_loss)
+                              dis_loss=args.dis_loss, restarts=args.test_restarts,
+                              clip_z=args.test_clip_z)
 
 
 def score_source(dcgan, source, args, report=None):
@@ -299,14 +305,17 @@ def score_and_report(args, dcgan, result_dir):
     source = utils.limit_source(test_source(args, dcgan.config.c_dim), args.test_size,
                                 args.seed)
     report = utils.AnomalyReport(result_dir, source, dcgan.config.value_range)
-    print(f"scoring {len(source)} images, {args.test_epoch} search steps each")
+    restarts = f" from {args.test_restarts} starting points" if args.test_restarts > 1 else ""
+    print(f"scoring {len(source)} images, {args.test_epoch} search steps each{restarts}")
     started = time.perf_counter()
     score_source(dcgan, source, args, report)
     seconds = time.perf_counter() - started
     threshold, threshold_source = choose_threshold(args, dcgan, report)
     metrics = report.finish(threshold, threshold_source, {
         "seconds": round(seconds, 3), "images_per_second": round(len(source) / seconds, 3),
-        "test_epoch": args.test_epoch, "ano_lambda": args.ano_lambda})
+        "test_epoch": args.test_epoch, "ano_lambda": args.ano_lambda,
+        "test_learning_rate": args.test_learning_rate, "test_restarts": args.test_restarts,
+        "test_clip_z": args.test_clip_z})
     for name in metrics["non_finite"]:
         print(f"warning: {name}: anomaly score is not finite", file=sys.stderr)
     print(f"results in {result_dir}: " + ", ".join(

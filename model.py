@@ -67,13 +67,19 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
-    """The AnoGAN latent search: Adam on z for ``steps`` steps, then the anomaly score."""
+    """The AnoGAN latent search: Adam on z for ``steps`` steps, then the anomaly score.
+
+    ``restarts`` starting points per image keep the lowest final score; ``clip_z`` keeps z in
+    the prior's range [-1, 1] after each step. The defaults are the original's search.
+    """
 
     steps: int = 100
     learning_rate: float = 0.001
     beta1: float = 0.5
     ano_lambda: float = 0.1
     dis_loss: str = "feature"
+    restarts: int = 1
+    clip_z: bool = False
 
     @property
     def snapshot_steps(self):
@@ -90,6 +96,16 @@ class SearchResult:
     discrimination: np.ndarray
     z: np.ndarray
     snapshots: dict
+
+    def split(self, parts):
+        """``parts`` results of consecutive equal slices of the batch."""
+        def cut(values):
+            return np.split(values, parts)
+
+        return [SearchResult(*fields, dict(zip(self.snapshots, snaps)))
+                for *fields, snaps in zip(cut(self.score), cut(self.residual),
+                                          cut(self.discrimination), cut(self.z),
+                                          zip(*map(cut, self.snapshots.values())))]
 
     @classmethod
     def best_of(cls, results):
@@ -253,10 +269,17 @@ def sample_inputs(config, count, seed=0):
     return z, np.zeros((count, 0), np.float32)
 
 
-def starting_z(indices, z_dim, seed=0):
-    """The latent search's U(-1, 1) starting z of each image index, reproducible from ``seed``."""
-    return np.stack([np.random.default_rng([seed, i]).uniform(-1.0, 1.0, z_dim)
-                     for i in indices]).astype(np.float32)
+def starting_z(indices, z_dim, seed=0, restarts=1):
+    """The latent search's U(-1, 1) starting z of each image index, reproducible from ``seed``.
+
+    (batch, z_dim); with several ``restarts``, (restarts, batch, z_dim), the first as with one.
+    """
+    def draw(i, restart):
+        key = [seed, i] if restart == 0 else [seed, i, restart]
+        return np.random.default_rng(key).uniform(-1.0, 1.0, z_dim)
+
+    z = np.array([[draw(i, r) for i in indices] for r in range(restarts)], np.float32)
+    return z[0] if restarts == 1 else z
 
 
 def per_example_bce(logits, target):
@@ -515,6 +538,8 @@ class DCGAN:
                     rate = (search.learning_rate * tf.sqrt(1.0 - beta2 ** step)
                             / (1.0 - beta1 ** step))
                     z = z - rate * m / (tf.sqrt(v) + epsilon)
+                    if search.clip_z:
+                        z = tf.clip_by_value(z, -1.0, 1.0)
                 score, residual, discrimination, fake = self._anomaly_losses(
                     images, labels, z, target_features, search)
                 if middle == last:
@@ -526,6 +551,8 @@ class DCGAN:
     def search(self, images, labels, z0, search):
         """Searches z for a batch of images from the starting ``z0``; a ``SearchResult``.
 
+        ``z0`` is (batch, z_dim), or (restarts, batch, z_dim): then each image is searched
+        from all its starting points in one larger batch, and its lowest score is kept.
         ``labels`` are one-hot rows for a conditional model; when they have no columns the
         search runs once per class and keeps each image's lowest score.
         """
@@ -533,6 +560,12 @@ class DCGAN:
         images = tf.convert_to_tensor(images, tf.float32)
         z0 = tf.convert_to_tensor(z0, tf.float32)
         labels = tf.convert_to_tensor(labels, tf.float32)
+        if z0.shape.rank == 3:
+            restarts = z0.shape[0]
+            result = self.search(tf.tile(images, [restarts, 1, 1, 1]),
+                                 tf.tile(labels, [restarts, 1]),
+                                 tf.reshape(z0, [-1, self.config.z_dim]), search)
+            return SearchResult.best_of(result.split(restarts))
         if self.config.y_dim and labels.shape[1] == 0:
             return SearchResult.best_of([
                 self.search(images, tf.one_hot(tf.fill([tf.shape(images)[0]], k),
@@ -570,6 +603,7 @@ class DCGAN:
 
     def _search_fn(self, search):
         """The compiled search for ``search``, built once per configuration."""
+        search = dataclasses.replace(search, restarts=1)  # restarts only widen the batch
         if search not in self._searches:
             self._searches[search] = self._on_replicas(self._search_graph(search))
         return self._searches[search]
@@ -584,7 +618,8 @@ class DCGAN:
         for images, labels in tqdm(dataset, total=total_batches, desc="anomaly search",
                                    unit="batch"):
             count = int(tf.shape(images)[0])
-            z0 = starting_z(range(start, start + count), self.config.z_dim, seed)
+            z0 = starting_z(range(start, start + count), self.config.z_dim, seed,
+                            search.restarts)
             start += count
             yield images.numpy(), self.search(images, labels, z0, search)
 

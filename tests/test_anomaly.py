@@ -123,15 +123,19 @@ def test_unlabelled_images_give_null_aucs_and_heldout_threshold(trained, capsys)
     assert (result_dir / "overview.png").exists() and (result_dir / "scores_hist.png").exists()
 
 
-def test_batch_search_equals_single_image_search(trained):
-    root, _ = trained
+def trained_model_and_images(root):
+    """The fixture's DCGAN restored, and the labelled test images."""
     dcgan = model.DCGAN(model.ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8),
-                        root / "checkpoint" /
-                        "rings_8_28_28")
+                        root / "checkpoint" / "rings_8_28_28")
     assert dcgan.load()
     test_dir = labelled_test_dir(root)
     source = utils.test_folder_source(test_dir, test_dir / "test_result", 1)
-    images = np.stack([utils.load_image(f, (28, 28), (28, 28), False, 1) for f in source.files])
+    return dcgan, np.stack([utils.load_image(f, (28, 28), (28, 28), False, 1)
+                            for f in source.files])
+
+
+def test_batch_search_equals_single_image_search(trained):
+    dcgan, images = trained_model_and_images(trained[0])
     z0 = np.random.default_rng(1).uniform(-1, 1, (len(images), 16)).astype(np.float32)
     labels = np.zeros((len(images), 0), np.float32)
     search = model.SearchConfig(steps=10)
@@ -148,6 +152,38 @@ def test_batch_search_equals_single_image_search(trained):
     assert (fast.score <= start.score * (1 + 1e-5)).all() and fast.score.sum() < start.score.sum()
     again = dcgan.search(images, labels, z0, search)
     np.testing.assert_allclose(again.score, batch.score, rtol=1e-5)
+
+
+def test_restarts_keep_each_images_best_start_and_clipping_bounds_z(trained):
+    dcgan, images = trained_model_and_images(trained[0])
+    labels = np.zeros((len(images), 0), np.float32)
+    z0 = model.starting_z(range(len(images)), 16, seed=3, restarts=3)
+    assert z0.shape == (3, len(images), 16)
+    np.testing.assert_array_equal(z0[0], model.starting_z(range(len(images)), 16, seed=3))
+    assert not np.allclose(z0[1], z0[2])
+    fast = {"steps": 6, "learning_rate": 0.2}
+    best = dcgan.search(images, labels, z0, model.SearchConfig(**fast, restarts=3))
+    each = [dcgan.search(images, labels, z, model.SearchConfig(**fast)) for z in z0]
+    scores = np.stack([r.score for r in each])
+    np.testing.assert_allclose(best.score, scores.min(axis=0), rtol=1e-4)
+    winner = scores.argmin(axis=0)
+    for i, k in enumerate(winner):
+        np.testing.assert_allclose(best.z[i], each[k].z[i], atol=2e-3)
+        np.testing.assert_allclose(best.snapshots[6][i], each[k].snapshots[6][i], atol=1e-4)
+    assert np.abs(np.concatenate([r.z for r in each])).max() > 1.0
+    clipped = dcgan.search(images, labels, z0[0], model.SearchConfig(**fast, clip_z=True))
+    assert np.abs(clipped.z).max() <= 1.0
+
+
+def test_restarts_flags_reach_the_search_and_metrics(trained):
+    root, flags = trained
+    test_dir = labelled_test_dir(root)
+    assert anomaly_test(flags, test_dir, "--test_restarts", 2, "--test_clip_z",
+                        "--test_learning_rate", 0.05, "--test_result_dir", "restarts") == 0
+    metrics = json.loads((test_dir / "restarts" / "metrics.json").read_text())
+    assert metrics["test_restarts"] == 2 and metrics["test_clip_z"] is True
+    assert metrics["test_learning_rate"] == 0.05 and len(read_scores(test_dir / "restarts")) == 9
+    assert anomaly_test(flags, test_dir, "--test_restarts", 0) == 2
 
 
 def test_best_of_keeps_each_images_lowest_score():

@@ -109,7 +109,7 @@ class SearchResult:
 
     @classmethod
     def best_of(cls, results):
-        """Per image, the result with the lowest score (the label a conditional G fits best)."""
+        """Per image, the result with the lowest score (best label of a conditional G, or start)."""
         best = np.argmin(np.stack([r.score for r in results]), axis=0)
         rows = np.arange(len(best))
 

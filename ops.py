@@ -140,13 +140,29 @@ class Deconv2D(FreezableConv, keras.layers.Layer):
 
 
 # Strided 'SAME' convolutions and their transposes, with gradients that avoid TensorFlow's CPU
-# Conv2DBackpropInput, 10-100x slower than a forward convolution for a 5x5 kernel on 2x2 .. 8x8
-# maps (python benchmarks/conv_layers.py).
+# Conv2DBackpropInput of its default (Eigen) kernels, 10-100x slower than a forward convolution
+# for a 5x5 kernel on 2x2 .. 8x8 maps (python benchmarks/conv_layers.py).
 
-PHASE_MAX_PIXELS = 64
-"""Transposed convolutions of at most this many input pixels run as ``stride**2`` forward
-convolutions, one per output phase; larger ones use ``tf.nn.conv2d_transpose``, which is as fast
-or faster there (measured on 2 CPU cores, benchmarks/conv_layers.py)."""
+
+def onednn_enabled():
+    """Whether TensorFlow runs its CPU kernels through oneDNN (``TF_ENABLE_ONEDNN_OPTS``)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return False
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+PHASE_TRANSPOSES = not onednn_enabled()
+"""Whether transposed convolutions may run by phases: oneDNN's own transposes are faster."""
+
+PHASE_MAX_PIXELS = 256
+"""Transposed convolutions of at most this many input pixels (16x16) run as ``stride**2`` forward
+convolutions, one per output phase; larger ones use ``tf.nn.conv2d_transpose``, which is faster
+there (measured at batches 1 and 64 on 2 CPU cores, benchmarks/conv_layers.py)."""
+
+PHASE_MIN_CHANNELS = 8
+"""Nor do transposes to fewer output channels (an image's 1 or 3) run by phases: 4x slower."""
 
 
 def conv2d_same(x, kernel, stride, transpose_filters=None):
@@ -234,11 +250,13 @@ def phase_filters(kernel, in_size, output_size, stride):
     """The per-phase filters of a transposed convolution from ``in_size``, or None.
 
     ``kernel`` is (k, k, out, in); one (taps_h, taps_w, in, out) filter per output phase, in
-    ``depth_to_space`` order. None (``tf.nn.conv2d_transpose`` is used) for inputs larger than
-    ``PHASE_MAX_PIXELS`` or kernels smaller than the stride.
+    ``depth_to_space`` order. None (``tf.nn.conv2d_transpose`` is used) under oneDNN, for inputs
+    larger than ``PHASE_MAX_PIXELS``, outputs of fewer than ``PHASE_MIN_CHANNELS`` channels or
+    kernels smaller than the stride.
     """
     size = kernel.shape[0]
-    if in_size[0] * in_size[1] > PHASE_MAX_PIXELS or size < stride:
+    if (not PHASE_TRANSPOSES or in_size[0] * in_size[1] > PHASE_MAX_PIXELS
+            or kernel.shape[2] < PHASE_MIN_CHANNELS or size < stride):
         return None
     (_, rows), (_, cols) = (_axis_phases(i, o, size, stride)
                             for i, o in zip(in_size, output_size))

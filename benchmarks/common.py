@@ -80,7 +80,7 @@ def environment():
     """Where the figures were measured."""
     gpus = tf.config.list_logical_devices("GPU")
     return {"device": gpus[0].name if gpus else "CPU", "cpu_count": os.cpu_count(),
-            "tensorflow": tf.__version__,
+            "tensorflow": tf.__version__, "onednn": ops.onednn_enabled(),
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
 

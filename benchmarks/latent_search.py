@@ -12,7 +12,8 @@ per multiply-add): G forward, the discriminator's feature layers forward (its lo
 ``--dis_loss gan``) and the input gradients of both (one forward's worth each: the loss only
 needs dL/dz, no weight gradients). The discriminator's features of the input images, computed
 once per search, are left out. ``matmul_gflops`` is a large dense ``tf.matmul`` measured before
-and after the searches (their mean); ``roofline_ratio`` = batched FLOP/s / matmul FLOP/s.
+and after the searches (their mean); ``roofline_ratio`` = batched FLOP/s / matmul FLOP/s, and
+``speedup_at_matmul_rate`` the speedup a batched search running at the matmul rate would reach.
 """
 
 import tempfile
@@ -80,6 +81,7 @@ def main(argv=None):
         "matmul_gflops_samples": [round(m, 2) for m in matmul],
         "per_image_roofline_ratio": round(per_image * flops / 1e9 / matmul_mean, 3),
         "roofline_ratio": round(batched * flops / 1e9 / matmul_mean, 3),
+        "speedup_at_matmul_rate": round(matmul_mean * 1e9 / (per_image * flops), 2),
         **common.environment()})
 
 

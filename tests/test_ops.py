@@ -9,7 +9,7 @@ import ops
 # (input size of the transposed convolution, its output size): even, odd, non-square, 1x1,
 # and a size large enough for tf.nn.conv2d_transpose itself.
 SIZES = [((2, 2), (4, 4)), ((4, 4), (7, 7)), ((4, 3), (7, 5)), ((1, 1), (2, 1)),
-         ((3, 5), (6, 9)), ((9, 9), (17, 17))]
+         ((3, 5), (6, 9)), ((17, 16), (33, 32))]
 
 
 def values(rng, *shape):
@@ -20,7 +20,7 @@ def values(rng, *shape):
 @pytest.mark.parametrize("frozen", [False, True])
 def test_transpose_and_conv_match_tensorflow(small, large, frozen):
     rng = np.random.default_rng(0)
-    batch, channels_small, channels_large = 3, 6, 4
+    batch, channels_small, channels_large = 3, 6, ops.PHASE_MIN_CHANNELS
     kernel = values(rng, 5, 5, channels_large, channels_small)
     x_small = values(rng, batch, *small, channels_small)
     x_large = values(rng, batch, *large, channels_large)
@@ -40,14 +40,17 @@ def test_transpose_and_conv_match_tensorflow(small, large, frozen):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
 
 
-def test_phase_filters_only_for_small_inputs():
-    kernel = tf.zeros((5, 5, 2, 3))
-    assert len(ops.phase_filters(kernel, (8, 8), (16, 16), 2)) == 4
-    assert ops.phase_filters(kernel, (9, 8), (17, 16), 2) is None
+@pytest.mark.skipif(not ops.PHASE_TRANSPOSES, reason="oneDNN's transposes are used")
+def test_phase_filters_only_for_small_inputs_to_enough_channels():
+    kernel = tf.zeros((5, 5, ops.PHASE_MIN_CHANNELS, 3))
+    assert len(ops.phase_filters(kernel, (16, 16), (32, 32), 2)) == 4
+    assert ops.phase_filters(kernel, (17, 16), (33, 32), 2) is None
+    assert ops.phase_filters(tf.zeros((5, 5, 3, 8)), (8, 8), (16, 16), 2) is None
 
 
+@pytest.mark.skipif(not ops.PHASE_TRANSPOSES, reason="oneDNN's transposes are used")
 def test_frozen_prepares_filters_only_inside():
-    layer = ops.Deconv2D(3, (7, 7))
+    layer = ops.Deconv2D(ops.PHASE_MIN_CHANNELS, (7, 7))
     layer.build((None, 4, 4, 5))
     with layer.frozen():
         assert len(layer.frozen_filters) == 4

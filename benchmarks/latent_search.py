@@ -5,7 +5,8 @@
 Prints one JSON object. Everything is measured in this one process, side by side, with the same
 compiled search (``DCGAN.search``) of a randomly initialised DCGAN: per image (batch 1, as the
 original searched) on ``--per_image`` images one after another, and batched on ``--batch``
-images at once. Compare ratios, not absolute figures, on a shared machine.
+images at once, the two taking turns ``--repeats`` times; each keeps its fastest turn. Compare
+ratios, not absolute figures, on a shared machine.
 
 ``flops_per_img_iter`` is one Adam step for one image, counted from the layer shapes (2 FLOPs
 per multiply-add): G forward, the discriminator's feature layers forward (its logit too with
@@ -29,6 +30,7 @@ def parse_args(argv=None):
     parser = common.shape_parser(__doc__.splitlines()[0], steps=20, threads=True)
     parser.add_argument("--per_image", type=int, default=8, help="images searched one by one")
     parser.add_argument("--dis_loss", choices=("feature", "gan"), default="feature")
+    parser.add_argument("--repeats", type=int, default=3, help="turns of each measurement")
     return parser.parse_args(argv)
 
 
@@ -60,17 +62,20 @@ def main(argv=None):
         search = model.SearchConfig(steps=args.steps, dis_loss=args.dis_loss)
         timed_search(dcgan, images[:1], z0[:1], search)  # traces the search, for any batch
         matmul = [common.matmul_gflops()]
-        single = sum(timed_search(dcgan, images[i:i + 1], z0[i:i + 1], search)
-                     for i in range(args.per_image))
-        batched = timed_search(dcgan, images[:args.batch], z0[:args.batch], search)
+        singles, batches = [], []
+        for _ in range(args.repeats):
+            singles.append(sum(timed_search(dcgan, images[i:i + 1], z0[i:i + 1], search)
+                               for i in range(args.per_image)))
+            batches.append(timed_search(dcgan, images[:args.batch], z0[:args.batch], search))
         matmul.append(common.matmul_gflops())
     flops = search_flops(dcgan, args.dis_loss)
-    per_image = args.per_image * args.steps / single
-    batched = args.batch * args.steps / batched
+    per_image = args.per_image * args.steps / min(singles)
+    batched = args.batch * args.steps / min(batches)
     matmul_mean = sum(matmul) / len(matmul)
     common.print_json({
         "height": args.height, "width": width, "channels": args.channels, "batch": args.batch,
         "steps": args.steps, "dis_loss": args.dis_loss, "per_image_images": args.per_image,
+        "repeats": args.repeats,
         "per_image_img_iter_per_s": round(per_image, 2),
         "batched_img_iter_per_s": round(batched, 2),
         "speedup": round(batched / per_image, 2),

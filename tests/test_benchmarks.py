@@ -20,7 +20,8 @@ def run_benchmark(script, *args):
 
 
 def test_latent_search_prints_speedup_and_roofline():
-    figures = run_benchmark("latent_search.py", *TINY, "--steps", "2", "--per_image", "1")
+    figures = run_benchmark("latent_search.py", *TINY, "--steps", "2", "--per_image", "1",
+                           "--repeats", "2")
     for key in ("per_image_img_iter_per_s", "batched_img_iter_per_s", "matmul_gflops",
                 "roofline_ratio", "speedup_at_matmul_rate"):
         assert figures[key] > 0

@@ -162,7 +162,7 @@ convolutions, one per output phase; larger ones use ``tf.nn.conv2d_transpose``, 
 there (measured at batches 1 and 64 on 2 CPU cores, benchmarks/conv_layers.py)."""
 
 PHASE_MIN_CHANNELS = 8
-"""Nor do transposes to fewer output channels (an image's 1 or 3) run by phases: 4x slower."""
+"""Nor do transposes to fewer output channels (an image's 1 or 3) run by phases: 3-4x slower."""
 
 
 def conv2d_same(x, kernel, stride, transpose_filters=None):

@@ -7,6 +7,8 @@ biases start at zero, and batch norm uses epsilon 1e-5 and momentum 0.9.
 
 import contextlib
 import itertools
+import os
+import platform
 
 import keras
 import tensorflow as tf
@@ -144,13 +146,32 @@ class Deconv2D(FreezableConv, keras.layers.Layer):
 # for a 5x5 kernel on 2x2 .. 8x8 maps (python benchmarks/conv_layers.py).
 
 
-def onednn_enabled():
-    """Whether TensorFlow runs its CPU kernels through oneDNN (``TF_ENABLE_ONEDNN_OPTS``)."""
+ONEDNN_CPU_FLAGS = frozenset({"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
+                              "amx_bf16"})
+"""CPU features for which TensorFlow turns oneDNN on by itself (x86 Linux builds)."""
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The CPU's feature flags as the kernel lists them (empty where it does not)."""
     try:
-        from tensorflow.python.util import _pywrap_util_port
-    except ImportError:
-        return False
-    return bool(_pywrap_util_port.IsMklEnabled())
+        with open(cpuinfo, encoding="utf-8") as handle:
+            return frozenset(word for line in handle if line.startswith("flags")
+                             for word in line.split(":", 1)[1].split())
+    except OSError:
+        return frozenset()
+
+
+def onednn_enabled(environ=os.environ, flags=None):
+    """Whether TensorFlow runs its CPU kernels through oneDNN.
+
+    As TensorFlow decides: ``TF_ENABLE_ONEDNN_OPTS`` ('1'/'true' or '0'/'false') when set,
+    else on for x86 CPUs with neural-network instructions (VNNI, BF16 or AMX).
+    """
+    setting = environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower()
+    if setting in ("1", "true", "0", "false"):
+        return setting in ("1", "true")
+    return platform.machine().lower() in ("x86_64", "amd64") and bool(
+        ONEDNN_CPU_FLAGS & (cpu_flags() if flags is None else flags))
 
 
 PHASE_TRANSPOSES = not onednn_enabled()

@@ -55,3 +55,17 @@ def test_frozen_prepares_filters_only_inside():
     with layer.frozen():
         assert len(layer.frozen_filters) == 4
     assert layer.frozen_filters is None
+
+
+def test_onednn_detection_follows_tensorflows_rules():
+    assert ops.onednn_enabled({"TF_ENABLE_ONEDNN_OPTS": "1"}, frozenset())
+    assert ops.onednn_enabled({"TF_ENABLE_ONEDNN_OPTS": "True"}, frozenset())
+    assert not ops.onednn_enabled({"TF_ENABLE_ONEDNN_OPTS": "0"}, frozenset({"amx_tile"}))
+    assert ops.onednn_enabled({}, frozenset({"avx2", "avx512_vnni"})) == (
+        ops.platform.machine().lower() in ("x86_64", "amd64"))
+    assert not ops.onednn_enabled({}, frozenset({"avx2", "fma"}))
+    try:  # TensorFlow's own answer, where its private module is there to ask
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return
+    assert ops.onednn_enabled() == bool(_pywrap_util_port.IsMklEnabled())

@@ -2,8 +2,11 @@
 
 import gzip
 import os
+import socket
 import struct
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +80,82 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     return tmp_path
+
+
+class RangeHandler(BaseHTTPRequestHandler):
+    """Serves server.files by path, honouring 'Range: bytes=N-' unless server.ignore_range."""
+
+    def do_GET(self):
+        srv = self.server
+        srv.requests.append((self.path, self.headers.get("Range")))
+        if srv.failures.get(self.path, 0) > 0:
+            srv.failures[self.path] -= 1
+            return self.reply(503, b"busy")
+        if self.path not in srv.files:
+            return self.reply(404, b"not found")
+        body, content_type = srv.files[self.path]
+        requested = self.headers.get("Range")
+        if requested and not srv.ignore_range:
+            return self.reply_range(body, int(requested.removeprefix("bytes=").split("-")[0]))
+        return self.reply(200, body, content_type)
+
+    def reply_range(self, body, start):
+        if start >= len(body):
+            return self.reply(416, b"", headers={"Content-Range": f"bytes */{len(body)}"})
+        content_range = f"bytes {start}-{len(body) - 1}/{len(body)}"
+        return self.reply(206, body[start:], headers={"Content-Range": content_range})
+
+    def reply(self, status, body, content_type="application/octet-stream", headers=None):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if self.server.cookie:
+            self.send_header("Set-Cookie", self.server.cookie)
+        self.end_headers()
+        self.wfile.write(body[: self.server.truncate_at] if self.server.truncate_at else body)
+
+    def log_message(self, *args):
+        pass
+
+
+class FileServer(ThreadingHTTPServer):
+    """A loopback server whose files, failures and request log the tests control."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), RangeHandler)
+        self.files = {}
+        self.failures = {}
+        self.requests = []
+        self.ignore_range = False
+        self.truncate_at = None
+        self.cookie = None
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+    def add(self, path, body, content_type="application/octet-stream"):
+        self.files[path] = (body, content_type)
+
+    def ranges_for(self, path):
+        return [rng for requested, rng in self.requests if requested == path and rng]
+
+
+@pytest.fixture
+def server():
+    httpd = FileServer()
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def closed_url():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/mnist/"

@@ -1,8 +1,8 @@
 """AnoGAN in TensorFlow 2: train a DCGAN on normal images, then score unseen ones.
 
-    python main.py --dataset mnist --input_height 28 --output_height 28 --normal_class 0 --train
-    python main.py --dataset mnist --input_height 28 --output_height 28 --normal_class 0 \\
-        --anomaly_test
+    python main.py --dataset mnist --normal_class 0 --train --anomaly_test
+    python main.py --dataset mnist --normal_class 0 --train_encoder --anomaly_test \\
+        --z_init encoder --test_epoch 0
 """
 
 import argparse
@@ -19,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 
+import download
 import model
 import utils
 
@@ -56,100 +57,155 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    """The original's flags (same names and defaults) and the port's new ones."""
+    """The original's flags (same names and defaults) and the port's new ones, by topic."""
     p = Parser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    flag = p.add_argument
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     boolean = argparse.BooleanOptionalAction
-    flag("--epoch", type=int, default=25, help="epochs to train")
-    flag("--test_epoch", type=int, default=100, help="latent-search steps per test image")
-    flag("--learning_rate", type=float, default=0.0002, help="Adam learning rate")
-    flag("--beta1", type=float, default=0.5, help="Adam beta1")
-    flag("--test_learning_rate", type=float, default=0.001, help="latent-search learning rate")
-    flag("--test_restarts", type=int, default=1,
-         help="starting z per test image, searched together; the lowest score is kept")
-    flag("--test_clip_z", action=boolean, default=False,
-         help="keep z in G's prior range [-1, 1] after every search step")
-    flag("--train_size", type=float, default=math.inf, help="cap on training images per epoch")
-    flag("--train", action=boolean, default=False, help="train the DCGAN")
-    flag("--anomaly_test", action=boolean, default=False, help="score the test images")
-    flag("--visualize", action=boolean, default=False, help="write visualisations of G")
-    flag("--batch_size", type=int, default=64, help="training batch size")
-    flag("--test_batch_size", type=int, default=64, help="test images searched together")
-    flag("--input_height", type=int, default=108, help="crop height (with --crop)")
-    flag("--input_width", type=int, default=None, help="crop width [input_height]")
-    flag("--output_height", type=int, default=64, help="image height the model works at")
-    flag("--output_width", type=int, default=None, help="image width [output_height]")
-    flag("--dataset", default="celebA", help="mnist, or a folder name under --data_dir")
-    flag("--input_fname_pattern", default="*.jpg", help="glob of the image files")
-    flag("--checkpoint_dir", default="checkpoint", help="where checkpoints live")
-    flag("--sample_dir", default="samples", help="where sample grids are written")
-    flag("--test_dir", default="test_data", help="images to score (subfolders give labels)")
-    flag("--test_result_dir", default="test_result", help="results folder inside --test_dir")
-    flag("--crop", action=boolean, default=False, help="centre-crop input_height x input_width")
-    flag("--generate_test_images", type=int, default=100,
-         help="images in the --visualize_option 0 grid")
-    flag("--z_dim", type=int, default=100, help="latent size")
-    flag("--gf_dim", type=int, default=64, help="filters of G's last deconv (doubling inwards)")
-    flag("--df_dim", type=int, default=64, help="filters of D's first conv (doubling inwards)")
-    flag("--y_dim", type=int, default=None,
-         help="label size of a class-conditional DCGAN [10 for mnist without --normal_class]")
-    flag("--normal_class", type=digits_list, default=None,
+
+    jobs = p.add_argument_group("what to do (in this order)").add_argument
+    jobs("--train", action=boolean, default=False, help="train the DCGAN")
+    jobs("--train_encoder", action=boolean, default=False,
+         help="train the izi_f encoder E of the trained GAN (f-AnoGAN; G and D frozen)")
+    jobs("--anomaly_test", action=boolean, default=False, help="score the test images")
+    jobs("--visualize", action=boolean, default=False, help="write visualisations of G")
+
+    data = p.add_argument_group("data").add_argument
+    data("--dataset", default="celebA", help="mnist, or a folder name under --data_dir")
+    data("--data_dir", default="data", help="where datasets live")
+    data("--input_fname_pattern", default="*.jpg", help="glob of the image files")
+    data("--input_height", type=int, default=None,
+         help="crop height (with --crop) [108; 28 for mnist]")
+    data("--input_width", type=int, default=None, help="crop width [input_height]")
+    data("--output_height", type=int, default=None,
+         help="image height the model works at [64; 28 for mnist]")
+    data("--output_width", type=int, default=None, help="image width [output_height]")
+    data("--crop", action=boolean, default=False, help="centre-crop input_height x input_width")
+    data("--normal_class", type=digits_list, default=None,
          help="MNIST digits that are normal, e.g. 0 or 1,7 (one-class training)")
-    flag("--test_size", type=int, default=None, help="cap on the number of test images")
-    flag("--ano_lambda", type=float, default=0.1, help="lambda of the anomaly score")
-    flag("--dis_loss", choices=("feature", "gan"), default="feature",
-         help="discrimination loss of the anomaly score")
-    flag("--threshold", type=threshold_value, default="auto", help="a score, or auto")
-    flag("--seed", type=int, default=0, help="seed of numpy and TensorFlow")
-    flag("--log_dir", default="logs", help="TensorBoard event files")
-    flag("--data_dir", default="data", help="where datasets live")
-    flag("--save_every", type=int, default=500, help="steps between checkpoints")
-    flag("--sample_every", type=int, default=100, help="steps between sample grids")
-    flag("--visualize_option", type=int, choices=range(5), default=0,
-         help="0 samples, 1 per-dimension grids, 2-4 GIF sweeps")
-    flag("--strategy", choices=("default", "mirrored", "multiworker"), default="default",
+    data("--train_size", type=float, default=math.inf, help="cap on training images per epoch")
+    data("--mirror", action="append", default=[], metavar="URL",
+         help="MNIST mirror tried before download.py's own when the files are missing")
+
+    net = p.add_argument_group("model").add_argument
+    net("--z_dim", type=int, default=100, help="latent size")
+    net("--gf_dim", type=int, default=64, help="filters of G's last deconv (doubling inwards)")
+    net("--df_dim", type=int, default=64, help="filters of D's first conv (doubling inwards)")
+    net("--y_dim", type=int, default=None,
+        help="label size of a class-conditional DCGAN [10 for mnist without --normal_class]")
+
+    fit = p.add_argument_group("training").add_argument
+    fit("--epoch", type=int, default=25, help="epochs to train")
+    fit("--learning_rate", type=float, default=0.0002, help="Adam learning rate (G, D and E)")
+    fit("--beta1", type=float, default=0.5, help="Adam beta1 (also of the latent search)")
+    fit("--batch_size", type=int, default=64, help="training batch size")
+    fit("--encoder_epoch", type=int, default=model.TrainConfig.encoder_epochs,
+        help="epochs to train the encoder")
+    fit("--encoder_kappa", type=float, default=1.0,
+        help="weight of the feature term of izi_f (encoder loss and --score izif)")
+    fit("--seed", type=int, default=0, help="seed of numpy and TensorFlow")
+
+    test = p.add_argument_group("anomaly test").add_argument
+    test("--test_dir", default="test_data", help="images to score (subfolders give labels)")
+    test("--test_size", type=int, default=None, help="cap on the number of test images")
+    test("--test_batch_size", type=int, default=64, help="test images searched together")
+    test("--z_init", choices=model.Z_INITS, default="random",
+         help="where the search starts: U(-1, 1) (the original) or E(x) (f-AnoGAN)")
+    test("--test_epoch", type=int, default=100,
+         help="latent-search steps per test image (0: score the starting z)")
+    test("--test_learning_rate", type=float, default=0.001, help="latent-search learning rate")
+    test("--test_restarts", type=int, default=1,
+         help="starting z per test image, searched together; the lowest score is kept")
+    test("--test_clip_z", action=boolean, default=False,
+         help="keep z in G's prior range [-1, 1] after every search step")
+    test("--score", choices=model.SCORES, default="anogan",
+         help="anogan: (1 - lambda) R + lambda D, sums of |.| (the original); izif: f-AnoGAN's "
+              "mean squares, R + kappa D")
+    test("--ano_lambda", type=float, default=0.1, help="lambda of the anogan score")
+    test("--dis_loss", choices=model.DIS_LOSSES, default="feature",
+         help="discrimination loss of the anogan score")
+    test("--threshold", type=threshold_value, default="auto", help="a score, or auto")
+
+    out = p.add_argument_group("outputs").add_argument
+    out("--checkpoint_dir", default="checkpoint", help="where checkpoints live")
+    out("--sample_dir", default="samples", help="where sample grids are written")
+    out("--test_result_dir", default="test_result", help="results folder inside --test_dir")
+    out("--log_dir", default="logs", help="TensorBoard event files")
+    out("--save_every", type=int, default=500, help="steps between checkpoints")
+    out("--sample_every", type=int, default=100, help="steps between sample grids")
+    out("--generate_test_images", type=int, default=100,
+        help="images in the --visualize_option 0 grid")
+    out("--visualize_option", type=int, choices=range(5), default=0,
+        help="0 samples, 1 per-dimension grids, 2-4 GIF sweeps")
+
+    dist = p.add_argument_group("distribution").add_argument
+    dist("--strategy", choices=("default", "mirrored", "multiworker"), default="default",
          help="tf.distribute strategy")
-    flag("--devices", default=None, help="comma list of devices for --strategy mirrored")
+    dist("--devices", default=None, help="comma list of devices for --strategy mirrored")
     return p
 
 
+def is_mnist(args):
+    return args.dataset.lower() == "mnist"
+
+
 def resolve(args):
-    """Fills derived defaults and rejects contradictory flags (raises UsageError)."""
+    """Fills derived defaults and rejects contradictory flags (raises UsageError).
+
+    Builds the configurations the flags make, so their own checks run before any work.
+    """
+    default_size = 28 if is_mnist(args) else None
+    args.input_height = args.input_height or default_size or 108
+    args.output_height = args.output_height or default_size or 64
     args.input_width = args.input_width or args.input_height
     args.output_width = args.output_width or args.output_height
-    is_mnist = args.dataset.lower() == "mnist"
     if args.y_dim is None:
-        args.y_dim = 10 if is_mnist and args.normal_class is None else 0
+        args.y_dim = 10 if is_mnist(args) and args.normal_class is None else 0
     checks = [
-        (not (args.train or args.anomaly_test or args.visualize),
-         "nothing to do: pass --train, --anomaly_test or --visualize"),
-        (args.normal_class is not None and not is_mnist,
+        (not (args.train or args.train_encoder or args.anomaly_test or args.visualize),
+         "nothing to do: pass --train, --train_encoder, --anomaly_test or --visualize"),
+        (args.normal_class is not None and not is_mnist(args),
          f"--normal_class applies to --dataset mnist only, not {args.dataset!r}"),
-        (args.y_dim and not is_mnist,
+        (args.y_dim and not is_mnist(args),
          f"--y_dim needs labels, which only --dataset mnist has, not {args.dataset!r}"),
         (args.y_dim and args.normal_class is not None,
          "--normal_class trains an unconditional model: leave --y_dim at 0"),
-        (is_mnist and args.y_dim not in (0, 10), "--y_dim for mnist is 0 or 10"),
-        (min(args.output_height, args.output_width) < 8, "--output_height/width must be >= 8"),
+        (is_mnist(args) and args.y_dim not in (0, 10), "--y_dim for mnist is 0 or 10"),
         (min(args.input_height, args.input_width) < 1, "--input_height/width must be positive"),
-        (args.epoch < 1, "--epoch must be positive"),
-        (args.test_epoch < 1, "--test_epoch must be positive"),
-        (args.test_restarts < 1, "--test_restarts must be positive"),
         (args.batch_size < 1 or args.test_batch_size < 1, "batch sizes must be positive"),
         (not args.train_size >= 1, "--train_size must be at least 1"),
         (args.test_size is not None and args.test_size < 1, "--test_size must be positive"),
-        (not 0.0 <= args.ano_lambda <= 1.0, "--ano_lambda must be in [0, 1]"),
-        (args.learning_rate <= 0 or args.test_learning_rate <= 0, "learning rates must be > 0"),
-        (not 0.0 <= args.beta1 < 1.0, "--beta1 must be in [0, 1)"),
-        (min(args.z_dim, args.gf_dim, args.df_dim) < 1, "--z_dim/--gf_dim/--df_dim must be > 0"),
-        (args.save_every < 1 or args.sample_every < 1, "--save_every/--sample_every must be > 0"),
         (args.generate_test_images < 1, "--generate_test_images must be positive"),
     ]
     for failed, message in checks:
         if failed:
             raise UsageError(message)
+    try:
+        model_config(args, channels=1)
+        args.train_config = train_config(args)
+        args.search_config = search_config(args)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     return args
+
+
+def model_config(args, channels):
+    return model.ModelConfig(args.output_height, args.output_width, channels, z_dim=args.z_dim,
+                             y_dim=args.y_dim, gf_dim=args.gf_dim, df_dim=args.df_dim)
+
+
+def train_config(args):
+    return model.TrainConfig(
+        epochs=args.epoch, learning_rate=args.learning_rate, beta1=args.beta1,
+        save_every=args.save_every, sample_every=args.sample_every, sample_dir=args.sample_dir,
+        log_dir=str(Path(args.log_dir) / model_dir(args)), encoder_epochs=args.encoder_epoch,
+        encoder_kappa=args.encoder_kappa)
+
+
+def search_config(args):
+    return model.SearchConfig(
+        steps=args.test_epoch, learning_rate=args.test_learning_rate, beta1=args.beta1,
+        ano_lambda=args.ano_lambda, dis_loss=args.dis_loss, restarts=args.test_restarts,
+        clip_z=args.test_clip_z, z_init=args.z_init, score=args.score, kappa=args.encoder_kappa)
 
 
 def model_dir(args):
@@ -160,13 +216,28 @@ def model_dir(args):
     return name
 
 
+def mnist_folder(args):
+    """<data_dir>/mnist, fetched by download.py's verified fetch when a file is missing."""
+    folder = Path(args.data_dir) / "mnist"
+    if utils.mnist_files_present(folder):
+        return folder
+    print(f"MNIST is not in {folder}: fetching it")
+    try:
+        download.download_mnist(args.data_dir, [*args.mirror, *download.MNIST_MIRRORS])
+    except download.DownloadError as error:
+        raise utils.DataError(f"cannot fetch MNIST into {folder} ({error}): without a network, "
+                              "run `python download.py mnist --from PATH` with a folder or "
+                              "archive of the four idx files") from None
+    return folder
+
+
 def training_source(args, check=True):
     """The training images: MNIST's train split (of the normal digits) or a folder.
 
     Without ``check`` a folder's images are listed but not decoded (enough for c_dim).
     """
-    if args.dataset.lower() == "mnist":
-        return utils.mnist_source(Path(args.data_dir) / "mnist", "train", args.normal_class)
+    if is_mnist(args):
+        return utils.mnist_source(mnist_folder(args), "train", args.normal_class)
     folder = Path(args.data_dir) / args.dataset
     if not folder.is_dir():
         raise utils.DataError(f"dataset folder {folder} not found: put images there or run "
@@ -174,53 +245,101 @@ def training_source(args, check=True):
     return utils.folder_source(folder, args.input_fname_pattern, crop_size(args), check)
 
 
-def crop_size(args):
-    """The (h, w) every image must at least have: the crop, with --crop."""
-    return (args.input_height, args.input_width) if args.crop else None
-
-
-def image_spec(args, y_dim):
-    return utils.ImageSpec(
-        input_size=(args.input_height, args.input_width),
-        output_size=(args.output_height, args.output_width), crop=args.crop,
-        value_range=(0.0, 1.0) if y_dim else (-1.0, 1.0))
-
-
-def build_model(args, channels):
-    """The DCGAN for these flags, restored from its checkpoint when one exists."""
-    config = model.ModelConfig(args.output_height, args.output_width, channels,
-                               z_dim=args.z_dim, y_dim=args.y_dim, gf_dim=args.gf_dim,
-                               df_dim=args.df_dim)
-    train_config = model.TrainConfig(
-        epochs=args.epoch, learning_rate=args.learning_rate, beta1=args.beta1,
-        save_every=args.save_every, sample_every=args.sample_every, sample_dir=args.sample_dir,
-        log_dir=str(Path(args.log_dir) / model_dir(args)))
-    dcgan = model.DCGAN(config, Path(args.checkpoint_dir) / model_dir(args), train_config,
-                        strategy=model.make_strategy(args.strategy, args.devices))
-    return dcgan, dcgan.load()
-
-
-def train(args):
+def training_split(args):
+    """The training images without the held-out slice, capped by --train_size, and the
+    steps per epoch: (source, split, images used per epoch, steps per epoch)."""
     source = training_source(args)
-    train, _ = utils.split_holdout(source, args.seed)
+    train, held_out = utils.split_holdout(source, args.seed)
     usable = int(min(len(train), args.train_size))
     steps_per_epoch = usable // args.batch_size
     if steps_per_epoch == 0:
         raise UsageError(f"{usable} training images are fewer than --batch_size "
                          f"{args.batch_size}: lower --batch_size or add images")
+    return source, train, held_out, usable, steps_per_epoch
+
+
+def crop_size(args):
+    """The (h, w) every image must at least have: the crop, with --crop."""
+    return (args.input_height, args.input_width) if args.crop else None
+
+
+def image_spec(args, config):
+    return utils.ImageSpec(input_size=(args.input_height, args.input_width),
+                           output_size=(args.output_height, args.output_width), crop=args.crop,
+                           value_range=config.value_range)
+
+
+def training_dataset(args, dcgan, images):
+    """Shuffled training batches of ``images`` for ``dcgan`` (the last partial one dropped)."""
+    return utils.make_dataset(images, image_spec(args, dcgan.config), args.batch_size,
+                              y_dim=dcgan.config.y_dim, shuffle_seed=args.seed,
+                              drop_remainder=True)
+
+
+def build_model(args, channels):
+    """The DCGAN for these flags, restored from its checkpoint when one exists.
+
+    A checkpoint saved without batch-norm statistics gets them re-estimated from the
+    training images, with a warning.
+    """
+    dcgan = model.DCGAN(model_config(args, channels), Path(args.checkpoint_dir) / model_dir(args),
+                        args.train_config,
+                        strategy=model.make_strategy(args.strategy, args.devices))
+    restored = dcgan.load()
+    if dcgan.statistics_missing:
+        _, train, _, usable, _ = training_split(args)
+        batches = 50
+        dcgan.estimate_statistics(training_dataset(args, dcgan, train), args.batch_size,
+                                  batches, args.seed)
+        print(f"warning: {dcgan.manager.latest_checkpoint} was saved without batch-norm "
+              f"statistics (an older version): re-estimated them on {batches} batches of the "
+              f"{usable} training images; the next checkpoint saves them", file=sys.stderr)
+    return dcgan, restored
+
+
+def train(args):
+    source, train, _, usable, steps_per_epoch = training_split(args)
     dcgan, resumed = build_model(args, source.channels)
-    if resumed:
-        print(f"resuming from step {dcgan.steps_done} in {dcgan.checkpoint_dir}")
-    if dcgan.steps_done >= args.epoch * steps_per_epoch:
-        print(f"already trained {dcgan.steps_done} steps ({args.epoch} epochs): raise --epoch "
-              "to train more")
-        return
-    dataset = utils.make_dataset(train, image_spec(args, args.y_dim), args.batch_size,
-                                 y_dim=args.y_dim, shuffle_seed=args.seed, drop_remainder=True)
-    print(f"training on {usable} images of {args.dataset}, {steps_per_epoch} steps per epoch")
-    dcgan.train(dataset, steps_per_epoch, args.batch_size,
-                model.sample_inputs(dcgan.config, args.batch_size, args.seed), seed=args.seed)
+    with dcgan.exclusive():
+        if resumed:
+            print(f"resuming from step {dcgan.steps_done} in {dcgan.checkpoint_dir}")
+        if dcgan.steps_done >= args.epoch * steps_per_epoch:
+            print(f"already trained {dcgan.steps_done} steps ({args.epoch} epochs): raise "
+                  "--epoch to train more")
+            return
+        print(f"training on {usable} images of {args.dataset}, {steps_per_epoch} steps per epoch")
+        dcgan.train(training_dataset(args, dcgan, train), steps_per_epoch, args.batch_size,
+                    model.sample_inputs(dcgan.config, args.batch_size, args.seed),
+                    seed=args.seed)
     print(f"checkpoint: {dcgan.manager.latest_checkpoint}")
+
+
+def train_encoder(args):
+    source, train, held_out, usable, steps_per_epoch = training_split(args)
+    dcgan, restored = build_model(args, source.channels)
+    if not restored:
+        raise UsageError(f"no trained GAN in {dcgan.checkpoint_dir}: train it first (--train "
+                         "with the same --dataset and sizes), then --train_encoder")
+    with dcgan.exclusive():
+        trained_for = dcgan.encoder_trained_for
+        if trained_for not in (None, dcgan.steps_done):
+            print(f"the encoder was trained for G at step {trained_for}; G is now at step "
+                  f"{dcgan.steps_done}: training it again")
+        elif dcgan.encoder_steps_done >= args.encoder_epoch * steps_per_epoch:
+            print(f"encoder already trained {dcgan.encoder_steps_done} steps "
+                  f"({args.encoder_epoch} epochs): raise --encoder_epoch to train more")
+            return
+        elif dcgan.encoder_steps_done:
+            print(f"resuming the encoder from step {dcgan.encoder_steps_done}")
+        print(f"training the encoder on {usable} images of {args.dataset}, {steps_per_epoch} "
+              "steps per epoch")
+        shown = held_out if len(held_out) else train
+        sample_batch = next(iter(utils.make_dataset(
+            shown.subset(range(min(32, len(shown)))), image_spec(args, dcgan.config), 32,
+            y_dim=dcgan.config.y_dim)))
+        dcgan.train_encoder(training_dataset(args, dcgan, train), steps_per_epoch,
+                            args.batch_size, tuple(t.numpy() for t in sample_batch))
+    print(f"encoder checkpoint: {dcgan.encoder_manager.latest_checkpoint}")
 
 
 def trained_model(args):
@@ -248,26 +367,19 @@ def test_source(args, channels):
         source = utils.test_folder_source(args.test_dir, result_dir, channels, crop_size(args))
         if len(source):
             return source
-    if args.dataset.lower() == "mnist":
-        return utils.mnist_test_source(Path(args.data_dir) / "mnist", args.normal_class)
+    if is_mnist(args):
+        return utils.mnist_test_source(mnist_folder(args), args.normal_class)
     raise utils.DataError(f"no test images in {args.test_dir}: put images there (normal/ and "
                           "anomaly/ subfolders give labels)")
 
 
-def search_config(args):
-    return model.SearchConfig(steps=args.test_epoch, learning_rate=args.test_learning_rate,
-                              beta1=args.beta1, ano_lambda=args.ano_lambda,
-                              dis_loss=args.dis_loss, restarts=args.test_restarts,
-                              clip_z=args.test_clip_z)
-
-
 def score_source(dcgan, source, args, report=None):
     """Runs the latent search over ``source``; feeds ``report`` or returns the scores."""
-    dataset = utils.make_dataset(source, image_spec(args, dcgan.config.y_dim),
-                                 args.test_batch_size, y_dim=dcgan.config.y_dim)
+    dataset = utils.make_dataset(source, image_spec(args, dcgan.config), args.test_batch_size,
+                                 y_dim=dcgan.config.y_dim)
     batches = math.ceil(len(source) / args.test_batch_size)
     scores = []
-    for images, result in dcgan.anomaly_test(dataset, search_config(args), batches, args.seed):
+    for images, result in dcgan.score_batches(dataset, args.search_config, batches, args.seed):
         if report is not None:
             report.add(images, result)
         scores.append(result.score)
@@ -291,8 +403,21 @@ def choose_threshold(args, dcgan, report):
     return float(np.percentile(held[np.isfinite(held)], 95)), "heldout_train_images"
 
 
+def check_encoder(args, dcgan):
+    """UsageError unless --z_init encoder finds an encoder trained for this G."""
+    if args.z_init != "encoder" or dcgan.encoder_ready:
+        return
+    if dcgan.encoder_trained_for is None:
+        raise UsageError(f"--z_init encoder: no trained encoder in {dcgan.checkpoint_dir}: run "
+                         "--train_encoder first (same --dataset and sizes)")
+    raise UsageError(f"--z_init encoder: the encoder in {dcgan.checkpoint_dir} was trained for "
+                     f"G at step {dcgan.encoder_trained_for}, G is now at step "
+                     f"{dcgan.steps_done}: run --train_encoder again")
+
+
 def anomaly_test(args):
     dcgan = trained_model(args)
+    check_encoder(args, dcgan)
     if dcgan.is_chief:
         score_and_report(args, dcgan, Path(args.test_dir) / args.test_result_dir)
         return
@@ -306,16 +431,22 @@ def score_and_report(args, dcgan, result_dir):
                                 args.seed)
     report = utils.AnomalyReport(result_dir, source, dcgan.config.value_range)
     restarts = f" from {args.test_restarts} starting points" if args.test_restarts > 1 else ""
-    print(f"scoring {len(source)} images, {args.test_epoch} search steps each{restarts}")
+    start = "E(x)" if args.z_init == "encoder" else "U(-1, 1)"
+    print(f"scoring {len(source)} images from z = {start}, {args.test_epoch} search steps "
+          f"each{restarts}")
     started = time.perf_counter()
     score_source(dcgan, source, args, report)
     seconds = time.perf_counter() - started
     threshold, threshold_source = choose_threshold(args, dcgan, report)
     metrics = report.finish(threshold, threshold_source, {
         "seconds": round(seconds, 3), "images_per_second": round(len(source) / seconds, 3),
-        "test_epoch": args.test_epoch, "ano_lambda": args.ano_lambda,
+        "test_epoch": args.test_epoch, "z_init": args.z_init, "score": args.score,
+        "ano_lambda": args.ano_lambda, "encoder_kappa": args.encoder_kappa,
         "test_learning_rate": args.test_learning_rate, "test_restarts": args.test_restarts,
-        "test_clip_z": args.test_clip_z})
+        "test_clip_z": args.test_clip_z, "gan_steps": dcgan.steps_done,
+        "encoder_steps": dcgan.encoder_steps_done if args.z_init == "encoder" else None},
+        tensorboard=(args.train_config.log_dir, dcgan.steps_done, args.test_result_dir)
+        if dcgan.is_chief else None)
     for name in metrics["non_finite"]:
         print(f"warning: {name}: anomaly score is not finite", file=sys.stderr)
     print(f"results in {result_dir}: " + ", ".join(
@@ -326,6 +457,8 @@ def run(args):
     keras.utils.set_random_seed(args.seed)
     if args.train:
         train(args)
+    if args.train_encoder:
+        train_encoder(args)
     if args.anomaly_test:
         anomaly_test(args)
     if args.visualize:

@@ -1,11 +1,35 @@
-"""The DCGAN of carpedm20/DCGAN-tensorflow in TensorFlow 2, and the AnoGAN latent search."""
+"""AnoGAN and f-AnoGAN on the DCGAN of carpedm20/DCGAN-tensorflow, in TensorFlow 2.
+
+Papers:
+- DCGAN: Radford, Metz and Chintala, "Unsupervised Representation Learning with Deep
+  Convolutional Generative Adversarial Networks", arXiv 1511.06434 (2015).
+- AnoGAN: Schlegl, Seeböck, Waldstein, Schmidt-Erfurth and Langs, "Unsupervised Anomaly
+  Detection with Generative Adversarial Networks to Guide Marker Discovery", IPMI 2017,
+  arXiv 1703.05921.
+- f-AnoGAN: Schlegl, Seeböck, Waldstein, Langs and Schmidt-Erfurth, "f-AnoGAN: Fast
+  unsupervised anomaly detection with generative adversarial networks", Medical Image
+  Analysis 54 (2019).
+
+Where each part lives:
+- the networks: ``Generator``, ``Discriminator`` (its last conv block is AnoGAN's feature
+  layer f) and their class-conditional MNIST variants; ``Encoder`` is f-AnoGAN's E (image -> z);
+- the losses: ``discriminator_loss`` and ``generator_loss`` (DCGAN training),
+  ``anomaly_score`` (AnoGAN's (1 - lambda) R + lambda D) and ``izif_score`` (f-AnoGAN's izi_f,
+  also the encoder's training loss);
+- ``DCGAN``: training (one D update, then two G updates), encoder training with G and D frozen,
+  the batched latent-z search (``DCGAN.search``) and scoring (``DCGAN.score_batches``),
+  checkpoints of every variable, sampling and the original's visualisations.
+"""
 
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import json
 import math
+import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -21,7 +45,7 @@ from ops import Deconv2D, batch_norm, conv2d, conv_cond_concat, frozen, halve, l
 
 
 class CheckpointError(Exception):
-    """A checkpoint that is missing or was built for another model shape."""
+    """A checkpoint that is missing, in use, or was built for another model shape."""
 
 
 class TrainingInterrupted(Exception):
@@ -30,6 +54,13 @@ class TrainingInterrupted(Exception):
 
 class TrainingDiverged(Exception):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def check_fields(checks):
+    """Raises ValueError with the message of the first failed (failed, message) check."""
+    for failed, message in checks:
+        if failed:
+            raise ValueError(message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +77,16 @@ class ModelConfig:
     gfc_dim: int = 1024
     dfc_dim: int = 1024
 
+    def __post_init__(self):
+        check_fields([
+            (min(self.output_height, self.output_width) < 8,
+             "--output_height/width must be >= 8"),
+            (self.c_dim not in (1, 3), "images must have 1 or 3 channels"),
+            (min(self.z_dim, self.gf_dim, self.df_dim, self.gfc_dim, self.dfc_dim) < 1,
+             "--z_dim/--gf_dim/--df_dim must be > 0"),
+            (self.y_dim < 0, "--y_dim must be >= 0"),
+        ])
+
     @property
     def value_range(self):
         """Pixel range of G's output: [0, 1] (sigmoid) when conditional, else [-1, 1]."""
@@ -54,7 +95,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters and output places of one training run."""
+    """Hyper-parameters and output places of one training run (GAN and encoder)."""
 
     epochs: int = 25
     learning_rate: float = 0.0002
@@ -63,14 +104,36 @@ class TrainConfig:
     sample_every: int = 100
     sample_dir: str = "samples"
     log_dir: str = "logs"
+    encoder_epochs: int = 10
+    encoder_kappa: float = 1.0
+
+    def __post_init__(self):
+        check_fields([
+            (self.epochs < 1, "--epoch must be positive"),
+            (self.encoder_epochs < 1, "--encoder_epoch must be positive"),
+            (not self.learning_rate > 0, "learning rates must be > 0"),
+            (not 0.0 <= self.beta1 < 1.0, "--beta1 must be in [0, 1)"),
+            (self.save_every < 1 or self.sample_every < 1,
+             "--save_every/--sample_every must be > 0"),
+            (not self.encoder_kappa >= 0, "--encoder_kappa must be >= 0"),
+        ])
+
+
+SCORES = ("anogan", "izif")
+DIS_LOSSES = ("feature", "gan")
+Z_INITS = ("random", "encoder")
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """The AnoGAN latent search: Adam on z for ``steps`` steps, then the anomaly score.
 
-    ``restarts`` starting points per image keep the lowest final score; ``clip_z`` keeps z in
-    the prior's range [-1, 1] after each step. The defaults are the original's search.
+    ``z_init`` 'random' starts at U(-1, 1) (the original), 'encoder' at E(x) (f-AnoGAN);
+    ``steps`` 0 scores the starting z. ``restarts`` starting points per image keep the lowest
+    final score (with the encoder, the first start is E(x)); ``clip_z`` keeps z in [-1, 1]
+    after each step. ``score`` 'anogan' is the original's (``anomaly_score``, weight
+    ``ano_lambda``), 'izif' f-AnoGAN's (``izif_score``, weight ``kappa``). The defaults are
+    the original's search.
     """
 
     steps: int = 100
@@ -80,11 +143,36 @@ class SearchConfig:
     dis_loss: str = "feature"
     restarts: int = 1
     clip_z: bool = False
+    z_init: str = "random"
+    score: str = "anogan"
+    kappa: float = 1.0
+
+    def __post_init__(self):
+        check_fields([
+            (self.steps < 0, "--test_epoch must be >= 0"),
+            (not self.learning_rate > 0, "learning rates must be > 0"),
+            (not 0.0 <= self.beta1 < 1.0, "--beta1 must be in [0, 1)"),
+            (not 0.0 <= self.ano_lambda <= 1.0, "--ano_lambda must be in [0, 1]"),
+            (self.dis_loss not in DIS_LOSSES, f"--dis_loss must be one of {DIS_LOSSES}"),
+            (self.restarts < 1, "--test_restarts must be positive"),
+            (self.z_init not in Z_INITS, f"--z_init must be one of {Z_INITS}"),
+            (self.score not in SCORES, f"--score must be one of {SCORES}"),
+            (self.score == "izif" and self.dis_loss != "feature",
+             "--score izif compares D's features: leave --dis_loss at feature"),
+            (not self.kappa >= 0, "--encoder_kappa must be >= 0"),
+        ])
 
     @property
     def snapshot_steps(self):
         """The steps whose G(z) is kept: first, middle and last, as the original."""
         return 0, self.steps // 2, self.steps
+
+    def scores(self, images, fakes, real_features, fake_features, fake_logits):
+        """Per-image (score, residual, discrimination) of G(z) by this configuration's score."""
+        if self.score == "izif":
+            return izif_score(images, fakes, real_features, fake_features, self.kappa)
+        return anomaly_score(images, fakes, real_features, fake_features, self.ano_lambda,
+                             fake_logits if self.dis_loss == "gan" else None)
 
 
 @dataclasses.dataclass
@@ -122,6 +210,57 @@ class SearchResult:
                     for step in results[0].snapshots})
 
 
+# Losses and scores: pure functions of logits, images and D's features --------------------------
+
+def per_example_bce(logits, target):
+    """Sigmoid cross-entropy of each example's logit against a constant target."""
+    return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
+        labels=tf.fill(tf.shape(logits), target), logits=logits), axis=1)
+
+
+def discriminator_loss(real_logits, fake_logits):
+    """Per example: D's GAN loss, real images labelled 1 and G's images 0."""
+    return per_example_bce(real_logits, 1.0) + per_example_bce(fake_logits, 0.0)
+
+
+def generator_loss(fake_logits):
+    """Per example: G's (non-saturating) GAN loss, its images labelled 1."""
+    return per_example_bce(fake_logits, 1.0)
+
+
+def flat(tensor):
+    """(batch, everything else) view of a batch of images or feature maps."""
+    return tf.reshape(tensor, (tf.shape(tensor)[0], -1))
+
+
+def anomaly_score(images, fakes, real_features, fake_features, ano_lambda, fake_logits=None):
+    """AnoGAN's score per image, (1 - lambda) R + lambda D; returns (score, R, D).
+
+    R = sum |x - G(z)| (residual); D = sum |f(x) - f(G(z))| with f D's feature layer (feature
+    matching, the paper's choice) or, given ``fake_logits``, D's GAN loss on G(z).
+    """
+    residual = tf.reduce_sum(tf.abs(flat(images) - flat(fakes)), axis=1)
+    if fake_logits is None:
+        discrimination = tf.reduce_sum(tf.abs(flat(real_features) - flat(fake_features)), axis=1)
+    else:
+        discrimination = generator_loss(fake_logits)
+    score = (1.0 - ano_lambda) * residual + ano_lambda * discrimination
+    return score, residual, discrimination
+
+
+def izif_score(images, fakes, real_features, fake_features, kappa):
+    """f-AnoGAN's izi_f score per image, R + kappa D; returns (score, R, D).
+
+    R = mean (x - G(z))^2 and D = mean (f(x) - f(G(z)))^2, each over its own elements. With
+    z = E(x) its batch mean is the encoder's training loss.
+    """
+    residual = tf.reduce_mean(tf.square(flat(images) - flat(fakes)), axis=1)
+    discrimination = tf.reduce_mean(tf.square(flat(real_features) - flat(fake_features)), axis=1)
+    return residual + kappa * discrimination, residual, discrimination
+
+
+# Networks ------------------------------------------------------------------------------------
+
 class Generator(keras.Model):
     """z -> image: linear to (s/16, s/16, gf*8), three BN+ReLU deconvs, tanh deconv."""
 
@@ -150,23 +289,40 @@ class Generator(keras.Model):
 
 
 class Discriminator(keras.Model):
-    """image -> (logit, features): four strided convs (BN after the first), linear to 1.
+    """image -> (logits, features): four strided convs (BN after the first), linear to ``units``.
 
     ``features`` is the last conv block, the f(x) of AnoGAN's feature matching.
     """
 
-    def __init__(self, config):
-        super().__init__(name="discriminator")
-        self.convs = [conv2d(config.df_dim * 2 ** i, name=f"d_h{i}_conv") for i in range(4)]
-        self.bns = [None] + [batch_norm(name=f"d_bn{i}") for i in range(1, 4)]
-        self.logit = linear(1, name="d_h4_lin")
+    def __init__(self, config, units=1, prefix="d", name="discriminator"):
+        super().__init__(name=name)
+        self.convs = [conv2d(config.df_dim * 2 ** i, name=f"{prefix}_h{i}_conv")
+                      for i in range(4)]
+        self.bns = [None] + [batch_norm(name=f"{prefix}_bn{i}") for i in range(1, 4)]
+        self.logit = linear(units, name=f"{prefix}_h4_lin")
 
     def call(self, images, y=None, training=False):
         h = images
         for conv, bn in zip(self.convs, self.bns):
             h = conv(h)
             h = lrelu(h if bn is None else bn(h, training=training))
-        return self.logit(tf.reshape(h, (tf.shape(h)[0], -1))), h
+        return self.logit(flat(h)), h
+
+
+class Encoder(Discriminator):
+    """image (with its one-hot label when conditional) -> z in [-1, 1]: f-AnoGAN's E.
+
+    D's strided conv stack with ``z_dim`` tanh outputs (the paper's 'tanh_fc' encoder).
+    """
+
+    def __init__(self, config):
+        super().__init__(config, units=config.z_dim, prefix="e", name="encoder")
+
+    def call(self, images, y=None, training=False):
+        if y is not None and y.shape[-1]:
+            images = conv_cond_concat(images, y)
+        logits, _ = super().call(images, training=training)
+        return tf.tanh(logits)
 
 
 class ConditionalGenerator(keras.Model):
@@ -193,7 +349,11 @@ class ConditionalGenerator(keras.Model):
 
 
 class ConditionalDiscriminator(keras.Model):
-    """(image, y) -> (logit, features): the original's class-conditional MNIST discriminator."""
+    """(image, y) -> (logit, features): the original's class-conditional MNIST discriminator.
+
+    ``features`` is its fully connected layer after batch norm and leaky ReLU (``d_h2_lin``),
+    the original's ``feature_match_layer`` for this model.
+    """
 
     def __init__(self, config):
         super().__init__(name="discriminator")
@@ -206,11 +366,20 @@ class ConditionalDiscriminator(keras.Model):
 
     def call(self, images, y=None, training=False):
         h = lrelu(self.conv0(conv_cond_concat(images, y)))
-        features = lrelu(self.bn1(self.conv1(conv_cond_concat(h, y)), training=training))
-        h = tf.concat([tf.reshape(features, (tf.shape(features)[0], -1)), y], 1)
-        h = lrelu(self.bn2(self.fc2(h), training=training))
-        return self.logit(tf.concat([h, y], 1)), features
+        h = lrelu(self.bn1(self.conv1(conv_cond_concat(h, y)), training=training))
+        features = lrelu(self.bn2(self.fc2(tf.concat([flat(h), y], 1)), training=training))
+        return self.logit(tf.concat([features, y], 1)), features
 
+
+def variables_by_path(*models):
+    """Every variable of ``models``, trainable or not (batch-norm statistics), by its path.
+
+    Keras 3 models expose no variables to ``tf.train.Checkpoint``; a dict of them does.
+    """
+    return {variable.path: variable for model in models for variable in model.variables}
+
+
+# Processes, devices and signals --------------------------------------------------------------
 
 @functools.cache
 def make_strategy(name="default", devices=None):
@@ -261,6 +430,45 @@ def stop_requests():
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def folder_lock(folder):
+    """Holds an exclusive OS lock (``flock``) on ``folder``/.lock: one writer at a time.
+
+    The kernel releases it when the process ends, however it ends. Raises ``CheckpointError``
+    at once when another process holds it (naming that process), or when ``folder`` cannot be
+    a folder.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CheckpointError(f"cannot use {folder} as a checkpoint folder: "
+                              f"{error.strerror or error} ({error.filename})") from None
+    descriptor = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 4096, 0).decode(errors="replace").strip()
+            raise CheckpointError(
+                f"checkpoint folder {folder} is in use by another training "
+                f"({holder or 'another process'}): wait for it or use another "
+                "--checkpoint_dir") from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"pid {os.getpid()}: {' '.join(sys.argv)}".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(descriptor, 0)
+    finally:
+        os.close(descriptor)
+
+
+def columns(rows):
+    """{name: [values]} of a list of {name: value} rows."""
+    return {name: [row[name] for row in rows] for name in (rows[0] if rows else {})}
+
+
 def sample_inputs(config, count, seed=0):
     """The fixed (z, labels) of the training sample grids; labels cycle through the classes."""
     z = np.random.default_rng(seed).uniform(-1, 1, (count, config.z_dim)).astype(np.float32)
@@ -282,14 +490,12 @@ def starting_z(indices, z_dim, seed=0, restarts=1):
     return z[0] if restarts == 1 else z
 
 
-def per_example_bce(logits, target):
-    """Sigmoid cross-entropy of each example's logit against a constant target."""
-    return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
-        labels=tf.fill(tf.shape(logits), target), logits=logits), axis=1)
-
-
 class DCGAN:
-    """Generator, discriminator, their optimisers and checkpoints, training and sampling."""
+    """G, D and the encoder E, their optimisers and checkpoints, training, search and sampling.
+
+    The GAN's checkpoints live in ``checkpoint_dir``, the encoder's in ``checkpoint_dir/encoder``
+    (trained later, for one G: ``encoder_trained_for`` is the GAN step it was trained at).
+    """
 
     def __init__(self, config, checkpoint_dir, train_config=None, strategy=None):
         self.config = config
@@ -301,17 +507,28 @@ class DCGAN:
             self.generator = (ConditionalGenerator if conditional else Generator)(config)
             self.discriminator = (ConditionalDiscriminator if conditional
                                   else Discriminator)(config)
-            self.d_optim = keras.optimizers.Adam(self.train_config.learning_rate,
-                                                 beta_1=self.train_config.beta1)
-            self.g_optim = keras.optimizers.Adam(self.train_config.learning_rate,
-                                                 beta_1=self.train_config.beta1)
+            self.encoder = Encoder(config)
+            self.d_optim, self.g_optim, self.e_optim = (
+                keras.optimizers.Adam(self.train_config.learning_rate,
+                                      beta_1=self.train_config.beta1) for _ in range(3))
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.encoder_step = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                            name="encoder_step")
+            self.encoder_gan_step = tf.Variable(-1, dtype=tf.int64, trainable=False,
+                                                name="encoder_gan_step")
             self._build()
         self.checkpoint = tf.train.Checkpoint(
-            generator=self.generator, discriminator=self.discriminator,
+            models=variables_by_path(self.generator, self.discriminator),
             d_optim=self.d_optim, g_optim=self.g_optim, step=self.step)
+        self.encoder_checkpoint = tf.train.Checkpoint(
+            models=variables_by_path(self.encoder), optim=self.e_optim,
+            step=self.encoder_step, gan_step=self.encoder_gan_step)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.checkpoint_dir), 3)
+        self.encoder_manager = tf.train.CheckpointManager(
+            self.encoder_checkpoint, str(self.checkpoint_dir / "encoder"), 3)
+        self.statistics_missing = False
         self._searches = {}
+        self._lock_depth = 0
 
     def _build(self):
         """Creates every variable now, so that a restore fills them all at once."""
@@ -319,8 +536,10 @@ class DCGAN:
         y = tf.zeros((1, self.config.y_dim))
         images = self.generator(z, y)
         self.discriminator(images, y)
+        self.encoder(images, y)
         self.d_optim.build(self.discriminator.trainable_variables)
         self.g_optim.build(self.generator.trainable_variables)
+        self.e_optim.build(self.encoder.trainable_variables)
 
     # Checkpoints -----------------------------------------------------------------------------
 
@@ -329,29 +548,53 @@ class DCGAN:
         return self.checkpoint_dir / "config.json"
 
     def load(self):
-        """Restores the latest checkpoint; False when there is none.
+        """Restores the latest checkpoint (and the encoder's, if any); False when there is none.
 
-        Raises ``CheckpointError`` when the checkpoint was built with other shapes.
+        Raises ``CheckpointError`` when the checkpoint was built with other shapes. A checkpoint
+        written before batch-norm statistics were saved restores its weights and sets
+        ``statistics_missing`` (see ``estimate_statistics``).
         """
         latest = self.manager.latest_checkpoint
         if latest is None:
             return False
-        if self.config_path.exists():
-            saved = json.loads(self.config_path.read_text())
-            wanted = dataclasses.asdict(self.config)
-            differing = sorted(k for k in wanted.keys() | saved.keys()
-                               if saved.get(k) != wanted.get(k))
-            if differing:
-                details = ", ".join(f"{k}: checkpoint {saved.get(k)} vs now {wanted.get(k)}"
-                                    for k in differing)
-                raise CheckpointError(f"checkpoint in {self.checkpoint_dir} was built with other "
-                                      f"shapes ({details}); use another --checkpoint_dir")
-        try:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as error:
-            raise CheckpointError(f"cannot restore {latest}: {str(error).splitlines()[0]}") \
-                from error
+        self._check_config()
+        self.statistics_missing = self._restore(self.checkpoint, latest)
+        encoder_latest = self.encoder_manager.latest_checkpoint
+        if encoder_latest is not None:
+            self._restore(self.encoder_checkpoint, encoder_latest)
         return True
+
+    def _check_config(self):
+        """Raises ``CheckpointError`` when config.json names other shapes than ours."""
+        if not self.config_path.exists():
+            return
+        saved = json.loads(self.config_path.read_text())
+        wanted = dataclasses.asdict(self.config)
+        differing = sorted(k for k in wanted if saved.get(k, wanted[k]) != wanted[k])
+        if differing:
+            details = ", ".join(f"{k}: checkpoint {saved.get(k)} vs now {wanted.get(k)}"
+                                for k in differing)
+            raise CheckpointError(f"checkpoint in {self.checkpoint_dir} was built with other "
+                                  f"shapes ({details}); use another --checkpoint_dir")
+
+    @staticmethod
+    def _restore(checkpoint, path):
+        """Restores ``path`` into ``checkpoint``; True when it predates saved model variables.
+
+        Such a checkpoint (written before this layout) holds the trainable weights only,
+        through the optimisers; its batch-norm statistics stay at their initial values.
+        """
+        legacy = not any(name.startswith("models/") for name, _ in tf.train.list_variables(path))
+        try:
+            status = checkpoint.restore(path)
+            if legacy:
+                status.expect_partial()
+            else:
+                status.assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as error:
+            raise CheckpointError(f"cannot restore {path}: {str(error).splitlines()[0]}") \
+                from error
+        return legacy
 
     @property
     def steps_done(self):
@@ -359,26 +602,81 @@ class DCGAN:
         return int(self.step.numpy())
 
     @property
+    def encoder_steps_done(self):
+        """Encoder training steps taken so far for the current G."""
+        return int(self.encoder_step.numpy())
+
+    @property
+    def encoder_trained_for(self):
+        """The GAN step the encoder was trained at, or None when it was never trained."""
+        return int(self.encoder_gan_step.numpy()) if self.encoder_steps_done else None
+
+    @property
+    def encoder_ready(self):
+        """Whether a trained encoder for the current G is there."""
+        return self.encoder_trained_for == self.steps_done
+
+    @property
     def is_chief(self):
         """Whether this process writes checkpoints and outputs (always, but for non-chief
         workers of a multi-worker strategy)."""
         return is_chief(self.strategy)
 
-    def save(self):
-        """Writes a checkpoint at the current step, and the model's config.json.
+    @contextlib.contextmanager
+    def exclusive(self):
+        """Within: this process is the only one training into ``checkpoint_dir`` (re-entrant).
 
-        Every worker must call this (saving is collective); non-chief workers write to a
-        temporary folder that is removed at once.
+        Raises ``CheckpointError`` at once when another process trains there. Scoring needs no
+        lock: checkpoints are written whole and then named.
         """
+        if self._lock_depth or not self.is_chief:
+            yield
+            return
+        with folder_lock(self.checkpoint_dir):
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+
+    def save(self):
+        """Writes a GAN checkpoint at the current step, and the model's config.json."""
+        return self._save(self.checkpoint, self.manager, self.steps_done)
+
+    def save_encoder(self):
+        """Writes an encoder checkpoint at its current step, and the model's config.json."""
+        return self._save(self.encoder_checkpoint, self.encoder_manager, self.encoder_steps_done)
+
+    def _save(self, checkpoint, manager, number):
+        """Every worker must call this (saving is collective); non-chief workers write to a
+        temporary folder that is removed at once."""
         if not self.is_chief:
             with tempfile.TemporaryDirectory() as scratch:
-                tf.train.CheckpointManager(self.checkpoint, scratch, 1).save()
+                tf.train.CheckpointManager(checkpoint, scratch, 1).save()
             return None
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        utils.write_text(self.config_path, json.dumps(dataclasses.asdict(self.config), indent=2))
-        return self.manager.save(checkpoint_number=self.steps_done)
+        with self.exclusive():
+            path = manager.save(checkpoint_number=number)
+            encoder = None if self.encoder_trained_for is None else {
+                "steps": self.encoder_steps_done, "trained_for_step": self.encoder_trained_for,
+                "kappa": self.train_config.encoder_kappa}
+            utils.write_text(self.config_path, json.dumps(
+                {**dataclasses.asdict(self.config), "encoder": encoder}, indent=2))
+        return path
 
     # Training --------------------------------------------------------------------------------
+
+    def _discriminator_loss(self, images, labels, z, average):
+        """D's loss on a real batch and G's batch from ``z``, both networks in training mode."""
+        real_logits, _ = self.discriminator(images, labels, training=True)
+        fake = self.generator(z, labels, training=True)
+        fake_logits, _ = self.discriminator(fake, labels, training=True)
+        return average(discriminator_loss(real_logits, fake_logits))
+
+    def _generator_loss(self, labels, z, average):
+        """G's loss on its batch from ``z``, both networks in training mode."""
+        fake_logits, _ = self.discriminator(self.generator(z, labels, training=True), labels,
+                                            training=True)
+        return average(generator_loss(fake_logits))
 
     def _train_step(self, images, labels, z, global_batch):
         """One D update, then two G updates on the same z (the original's schedule)."""
@@ -386,93 +684,186 @@ class DCGAN:
             return tf.nn.compute_average_loss(losses, global_batch_size=global_batch)
 
         with tf.GradientTape() as tape:
-            real_logits, _ = self.discriminator(images, labels, training=True)
-            fake = self.generator(z, labels, training=True)
-            fake_logits, _ = self.discriminator(fake, labels, training=True)
-            d_loss = average(per_example_bce(real_logits, 1.0) + per_example_bce(fake_logits, 0.0))
+            d_loss = self._discriminator_loss(images, labels, z, average)
         variables = self.discriminator.trainable_variables
         self.d_optim.apply_gradients(zip(tape.gradient(d_loss, variables), variables))
         g_loss = tf.constant(0.0)
         for _ in range(2):
             with tf.GradientTape() as tape:
-                fake_logits, _ = self.discriminator(
-                    self.generator(z, labels, training=True), labels, training=True)
-                g_loss = average(per_example_bce(fake_logits, 1.0))
+                g_loss = self._generator_loss(labels, z, average)
             variables = self.generator.trainable_variables
             self.g_optim.apply_gradients(zip(tape.gradient(g_loss, variables), variables))
-        return d_loss, g_loss
+        return {"d_loss": d_loss, "g_loss": g_loss}
 
-    def _distributed_train_step(self, global_batch):
-        """A compiled step that runs ``_train_step`` on every replica and sums the losses."""
+    def _replay_step(self, images, labels, z, global_batch):
+        """The training step's forward passes without updates: moves only batch-norm statistics."""
+        def average(losses):
+            return tf.nn.compute_average_loss(losses, global_batch_size=global_batch)
+
+        losses = {"d_loss": self._discriminator_loss(images, labels, z, average)}
+        for _ in range(2):
+            losses["g_loss"] = self._generator_loss(labels, z, average)
+        return losses
+
+    def _encoder_step(self, images, labels, global_batch):
+        """One update of E on the izi_f loss; G and D are fixed and in inference mode."""
+        kappa = self.train_config.encoder_kappa
+        with frozen(self.generator, self.discriminator):
+            _, real_features = self.discriminator(images, labels, training=False)
+            with tf.GradientTape() as tape:
+                fakes = self.generator(self.encoder(images, labels, training=True), labels,
+                                       training=False)
+                _, fake_features = self.discriminator(fakes, labels, training=False)
+                score, residual, features = izif_score(images, fakes, real_features,
+                                                       fake_features, kappa)
+                loss = tf.nn.compute_average_loss(score, global_batch_size=global_batch)
+        variables = self.encoder.trainable_variables
+        self.e_optim.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return {"encoder_loss": loss,
+                "encoder_residual": tf.nn.compute_average_loss(residual,
+                                                               global_batch_size=global_batch),
+                "encoder_features": tf.nn.compute_average_loss(features,
+                                                               global_batch_size=global_batch)}
+
+    def _distributed(self, step_fn, counter, global_batch):
+        """A compiled step running ``step_fn`` on every replica, summing its losses and
+        advancing ``counter`` (None: a step that is not counted)."""
         @tf.function
-        def step(images, labels, z):
-            d_loss, g_loss = self.strategy.run(self._train_step,
-                                               args=(images, labels, z, global_batch))
-            self.step.assign_add(1)
-            total = tf.distribute.ReduceOp.SUM
-            return (self.strategy.reduce(total, d_loss, axis=None),
-                    self.strategy.reduce(total, g_loss, axis=None))
+        def step(*batch):
+            losses = self.strategy.run(step_fn, args=(*batch, global_batch))
+            if counter is not None:
+                counter.assign_add(1)
+            return {name: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                    for name, value in losses.items()}
         return step
 
+    def train_step_fn(self, batch_size):
+        """The compiled training step on a global batch of (images, labels, z): {loss: value}."""
+        return self._distributed(self._train_step, self.step, batch_size)
+
     def train(self, dataset, steps_per_epoch, batch_size, sample_inputs, seed=0):
-        """Trains until ``epochs`` epochs of ``steps_per_epoch`` batches are done.
+        """Trains G and D until ``epochs`` epochs of ``steps_per_epoch`` batches are done.
 
         ``dataset`` yields (images, labels) batches of ``batch_size`` and is iterated once per
         epoch; ``sample_inputs`` is the fixed (z, labels) of the sample grids. Resumes from
-        ``self.step``. Returns the list of (d_loss, g_loss) of this run.
+        ``self.step``. Returns the (d_loss, g_loss) of each step of this run.
+        """
+        def samples(epoch, index, writer):
+            return self.save_samples(sample_inputs, epoch, index, writer)
+
+        return self._fit(lambda epoch: self._with_noise(dataset, seed + epoch), steps_per_epoch,
+                         self.train_config.epochs,
+                         self.train_step_fn(batch_size), lambda: self.steps_done, self.save, samples, "")
+
+    def train_encoder(self, dataset, steps_per_epoch, batch_size, sample_images):
+        """Trains E with G and D frozen until ``encoder_epochs`` epochs are done (izi_f loss).
+
+        Starts over (from E's current weights) when E was trained for another G. Grids of
+        ``sample_images`` beside G(E(x)) go to the sample folder. Returns the losses of each
+        step of this run.
+        """
+        if self.encoder_trained_for not in (None, self.steps_done):
+            self.encoder_step.assign(0)
+        self.encoder_gan_step.assign(self.steps_done)
+        images, labels = sample_images
+
+        def samples(epoch, index, writer):
+            return self.save_reconstructions(images, labels, epoch, index, writer)
+
+        return self._fit(lambda epoch: dataset, steps_per_epoch,
+                         self.train_config.encoder_epochs,
+                         self._distributed(self._encoder_step, self.encoder_step, batch_size),
+                         lambda: self.encoder_steps_done, self.save_encoder, samples, "encoder ")
+
+    def estimate_statistics(self, dataset, batch_size, batches=50, seed=0):
+        """Re-estimates G's and D's batch-norm moving statistics at the current weights.
+
+        Replays the training step's forward passes (no weight update) on ``batches`` batches of
+        ``dataset``; for checkpoints saved without the statistics.
+        """
+        replay = self._distributed(self._replay_step, None, batch_size)
+        for batch in self.strategy.experimental_distribute_dataset(
+                self._with_noise(dataset.repeat(), seed).take(batches)):
+            replay(*batch)
+        self.statistics_missing = False
+
+    def _fit(self, epoch_batches, steps_per_epoch, epochs, step_fn, steps_done, save, samples,
+             label):
+        """The training loop of the GAN and of the encoder.
+
+        ``epoch_batches(epoch)`` is the dataset of an epoch; ``step_fn`` one compiled step on a
+        batch, advancing ``steps_done()``; ``save()`` writes a checkpoint and ``samples(epoch, index,
+        writer)`` a sample grid (every ``sample_every`` steps, at the end of every epoch and
+        when training stops). Resumes from ``steps_done()``; stops between steps on SIGINT/SIGTERM
+        after saving. Returns the losses of each step of this run.
         """
         cfg = self.train_config
-        step_fn = self._distributed_train_step(batch_size)
         writer = (tf.summary.create_file_writer(cfg.log_dir) if self.is_chief
                   else tf.summary.create_noop_writer())
-        history = []
-        first_epoch = self.steps_done // steps_per_epoch
-        try:
-            with stop_requests() as stop:
-                for epoch in range(first_epoch, cfg.epochs):
-                    history += self._train_epoch(dataset, epoch, steps_per_epoch, step_fn,
-                                                 sample_inputs, writer, seed, stop)
-        except KeyboardInterrupt:
-            path = self.save()
-            raise TrainingInterrupted(f"interrupted at step {self.steps_done}; saved {path}: run "
-                                      "--train again to resume") from None
-        self.save()
-        writer.flush()
-        return history
+        sampled = None
 
-    def _train_epoch(self, dataset, epoch, steps_per_epoch, step_fn, sample_inputs, writer, seed,
-                     stop):
-        """The rest of one epoch from ``self.step``; returns its (d_loss, g_loss) pairs."""
-        cfg = self.train_config
-        done = self.steps_done - epoch * steps_per_epoch
-        batches = self._with_noise(dataset, seed + epoch).take(steps_per_epoch - done)
+        def sample(epoch):
+            nonlocal sampled
+            step = steps_done()
+            if self.is_chief and sampled != step:
+                samples(epoch, step - epoch * steps_per_epoch, writer)
+                sampled = step
+
+        def after_step(epoch, stop):
+            step = steps_done()
+            if step % cfg.sample_every == 0:
+                sample(epoch)
+            if step % cfg.save_every == 0:
+                save()
+            if stop.is_set():
+                raise KeyboardInterrupt
+
         history = []
-        with tqdm(self.strategy.experimental_distribute_dataset(batches), total=steps_per_epoch,
-                  initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                  leave=False) as bar:
-            for images, labels, z in bar:
-                d_loss, g_loss = (float(v) for v in step_fn(images, labels, z))
-                step = self.steps_done
-                if not (math.isfinite(d_loss) and math.isfinite(g_loss)):
-                    raise TrainingDiverged(
-                        f"losses became non-finite at step {step} (d_loss {d_loss}, g_loss "
-                        f"{g_loss}); the last good checkpoint in {self.checkpoint_dir} is kept: "
-                        "lower --learning_rate")
-                history.append((d_loss, g_loss))
-                bar.set_postfix(d_loss=f"{d_loss:.4f}", g_loss=f"{g_loss:.4f}")
-                with writer.as_default(step=step):
-                    tf.summary.scalar("d_loss", d_loss)
-                    tf.summary.scalar("g_loss", g_loss)
-                if step % cfg.sample_every == 0 and self.is_chief:
-                    self.save_samples(sample_inputs, epoch, step - epoch * steps_per_epoch, writer)
-                if step % cfg.save_every == 0:
-                    self.save()
-                if stop.is_set():
-                    raise KeyboardInterrupt
-        tqdm.write(f"epoch {epoch + 1}/{cfg.epochs} done: step {self.steps_done}"
-                   + (f", d_loss {history[-1][0]:.4f}, g_loss {history[-1][1]:.4f}"
-                      if history else ""))
-        return history
+        epoch = steps_done() // steps_per_epoch
+        with self.exclusive():
+            try:
+                with stop_requests() as stop:
+                    while epoch < epochs:
+                        done = steps_done() - epoch * steps_per_epoch
+                        batches = self.strategy.experimental_distribute_dataset(
+                            epoch_batches(epoch).take(steps_per_epoch - done))
+                        losses = []
+                        with tqdm(batches, total=steps_per_epoch, initial=done, unit="step",
+                                  desc=f"{label}epoch {epoch + 1}/{epochs}", leave=False) as bar:
+                            for batch in bar:
+                                losses.append(self._logged_step(step_fn, batch, steps_done,
+                                                                writer, bar))
+                                after_step(epoch, stop)
+                        sample(epoch)
+                        history += losses
+                        tqdm.write(f"{label}epoch {epoch + 1}/{epochs} done: step {steps_done()}"
+                                   + "".join(f", mean {name} {np.mean(values):.4f}"
+                                             for name, values in columns(losses).items()))
+                        epoch += 1
+            except KeyboardInterrupt:
+                sample(min(epoch, epochs - 1))
+                path = save()
+                raise TrainingInterrupted(f"interrupted at step {steps_done()}; saved {path}: "
+                                          "run again to resume") from None
+            save()
+        writer.flush()
+        return [tuple(step.values()) for step in history]
+
+    def _logged_step(self, step_fn, batch, steps_done, writer, bar):
+        """Runs one step; logs its losses to TensorBoard and the bar; stops on non-finite ones."""
+        losses = {name: float(value) for name, value in step_fn(*batch).items()}
+        step = steps_done()
+        if not all(math.isfinite(value) for value in losses.values()):
+            raise TrainingDiverged(
+                f"losses became non-finite at step {step} ("
+                + ", ".join(f"{k} {v}" for k, v in losses.items())
+                + f"); the last good checkpoint in {self.checkpoint_dir} is kept: "
+                "lower --learning_rate")
+        bar.set_postfix({name: f"{value:.4f}" for name, value in losses.items()})
+        with writer.as_default(step=step):
+            for name, value in losses.items():
+                tf.summary.scalar(name, value)
+        return losses
 
     def _with_noise(self, dataset, seed):
         """Adds a U(-1, 1) z batch to every (images, labels) batch, reproducible from ``seed``."""
@@ -488,20 +879,14 @@ class DCGAN:
 
     # Anomaly detection -----------------------------------------------------------------------
 
-    def _anomaly_losses(self, images, labels, z, target_features, search):
+    def _fake_scores(self, images, labels, z, real_features, config):
         """Per-image (score, residual, discrimination) of G(z) against ``images``, and G(z)."""
-        fake = self.generator(z, labels, training=False)
-        logits, features = self.discriminator(fake, labels, training=False)
-        residual = tf.reduce_sum(tf.abs(images - fake), axis=[1, 2, 3])
-        if search.dis_loss == "feature":
-            discrimination = tf.reduce_sum(tf.abs(target_features - features), axis=[1, 2, 3])
-        else:
-            discrimination = per_example_bce(logits, 1.0)
-        score = (1.0 - search.ano_lambda) * residual + search.ano_lambda * discrimination
-        return score, residual, discrimination, fake
+        fakes = self.generator(z, labels, training=False)
+        logits, features = self.discriminator(fakes, labels, training=False)
+        return (*config.scores(images, fakes, real_features, features, logits), fakes)
 
-    def _search_graph(self, search):
-        """A compiled whole search for one batch: ``search.steps`` Adam steps on z.
+    def _search_graph(self, config):
+        """A compiled whole search for one batch: ``config.steps`` Adam steps on z.
 
         Adam is the original's (tf.train.AdamOptimizer: beta2 0.999, epsilon 1e-8), written
         out so that every batch starts from fresh state inside one graph. The loss is the sum
@@ -509,8 +894,8 @@ class DCGAN:
         The weights are fixed, so the convolutions' transposed filters are prepared once; any
         batch size runs the same graph (traced once).
         """
-        beta1, beta2, epsilon = search.beta1, 0.999, 1e-8
-        _, middle, last = search.snapshot_steps
+        beta1, beta2, epsilon = config.beta1, 0.999, 1e-8
+        _, middle, last = config.snapshot_steps
         cfg = self.config
         signature = [tf.TensorSpec((None, cfg.output_height, cfg.output_width, cfg.c_dim)),
                      tf.TensorSpec((None, cfg.y_dim)), tf.TensorSpec((None, cfg.z_dim))]
@@ -518,63 +903,68 @@ class DCGAN:
         @tf.function(input_signature=signature)
         def run(images, labels, z0):
             with frozen(self.generator, self.discriminator):
-                _, target_features = self.discriminator(images, labels, training=False)
+                _, real_features = self.discriminator(images, labels, training=False)
                 z, m, v = z0, tf.zeros_like(z0), tf.zeros_like(z0)
                 first = mid = tf.zeros_like(images)
                 for t in tf.range(last):
                     with tf.GradientTape() as tape:
                         tape.watch(z)
-                        score, _, _, fake = self._anomaly_losses(
-                            images, labels, z, target_features, search)
+                        score, _, _, fakes = self._fake_scores(images, labels, z, real_features,
+                                                               config)
                         total = tf.reduce_sum(score)
                     if t == 0:
-                        first = fake
+                        first = fakes
                     if t == middle:
-                        mid = fake
+                        mid = fakes
                     grad = tape.gradient(total, z)
                     step = tf.cast(t + 1, tf.float32)
                     m = beta1 * m + (1.0 - beta1) * grad
                     v = beta2 * v + (1.0 - beta2) * tf.square(grad)
-                    rate = (search.learning_rate * tf.sqrt(1.0 - beta2 ** step)
+                    rate = (config.learning_rate * tf.sqrt(1.0 - beta2 ** step)
                             / (1.0 - beta1 ** step))
                     z = z - rate * m / (tf.sqrt(v) + epsilon)
-                    if search.clip_z:
+                    if config.clip_z:
                         z = tf.clip_by_value(z, -1.0, 1.0)
-                score, residual, discrimination, fake = self._anomaly_losses(
-                    images, labels, z, target_features, search)
+                score, residual, discrimination, fakes = self._fake_scores(
+                    images, labels, z, real_features, config)
+                if last == 0:
+                    first = fakes
                 if middle == last:
-                    mid = fake
-                return score, residual, discrimination, z, first, mid, fake
+                    mid = fakes
+                return score, residual, discrimination, z, first, mid, fakes
 
         return run
 
-    def search(self, images, labels, z0, search):
+    def search(self, images, labels, z0, config):
         """Searches z for a batch of images from the starting ``z0``; a ``SearchResult``.
 
         ``z0`` is (batch, z_dim), or (restarts, batch, z_dim): then each image is searched
-        from all its starting points in one larger batch, and its lowest score is kept.
-        ``labels`` are one-hot rows for a conditional model; when they have no columns the
-        search runs once per class and keeps each image's lowest score.
+        from all its starting points in one larger batch, and its lowest score is kept. With
+        ``config.z_init`` 'encoder' the first start is E(x). ``labels`` are one-hot rows for a
+        conditional model; when they have no columns the search runs once per class and keeps
+        each image's lowest score.
         """
-        run = self._search_fn(search)
         images = tf.convert_to_tensor(images, tf.float32)
-        z0 = tf.convert_to_tensor(z0, tf.float32)
         labels = tf.convert_to_tensor(labels, tf.float32)
-        if z0.shape.rank == 3:
-            restarts = z0.shape[0]
-            result = self.search(tf.tile(images, [restarts, 1, 1, 1]),
-                                 tf.tile(labels, [restarts, 1]),
-                                 tf.reshape(z0, [-1, self.config.z_dim]), search)
-            return SearchResult.best_of(result.split(restarts))
+        starts = tf.convert_to_tensor(z0, tf.float32)
         if self.config.y_dim and labels.shape[1] == 0:
+            count = tf.shape(images)[0]
             return SearchResult.best_of([
-                self.search(images, tf.one_hot(tf.fill([tf.shape(images)[0]], k),
-                                               self.config.y_dim), z0, search)
+                self.search(images, tf.one_hot(tf.fill([count], k), self.config.y_dim), z0,
+                            config)
                 for k in range(self.config.y_dim)])
-        score, residual, discrimination, z, *snapshots = (
-            value.numpy() for value in run(images, labels, z0))
-        return SearchResult(score, residual, discrimination, z,
-                            dict(zip(search.snapshot_steps, snapshots)))
+        if starts.shape.rank == 2:
+            starts = starts[None]
+        if config.z_init == "encoder":
+            starts = tf.concat([self.encode(images, labels)[None], starts[1:]], axis=0)
+        restarts = starts.shape[0]
+        outputs = self._search_fn(config)(
+            tf.tile(images, [restarts, 1, 1, 1]), tf.tile(labels, [restarts, 1]),
+            tf.reshape(starts, [-1, self.config.z_dim]))
+        score, residual, discrimination, z, *snapshots = (value.numpy() for value in outputs)
+        result = SearchResult(score, residual, discrimination, z,
+                              dict(zip(config.snapshot_steps, snapshots)))
+        return result if restarts == 1 else SearchResult.best_of(result.split(restarts))
 
     def _on_replicas(self, fn):
         """``fn`` run on contiguous slices of its batch per replica, outputs gathered in order.
@@ -601,29 +991,43 @@ class DCGAN:
 
         return run
 
-    def _search_fn(self, search):
-        """The compiled search for ``search``, built once per configuration."""
-        search = dataclasses.replace(search, restarts=1)  # restarts only widen the batch
-        if search not in self._searches:
-            self._searches[search] = self._on_replicas(self._search_graph(search))
-        return self._searches[search]
+    def _search_fn(self, config):
+        """The compiled search for ``config``, built once per configuration."""
+        # Restarts only widen the batch, and the starting z comes in: neither changes the graph.
+        config = dataclasses.replace(config, restarts=1, z_init="random")
+        if config not in self._searches:
+            self._searches[config] = self._on_replicas(self._search_graph(config))
+        return self._searches[config]
 
-    def anomaly_test(self, dataset, search, total_batches=None, seed=0):
+    def score_batches(self, dataset, config, total_batches=None, seed=0):
         """Yields (images, ``SearchResult``) per batch of ``dataset`` ((images, labels) batches).
 
-        Image i starts from its own U(-1, 1) z drawn from (``seed``, i), so its result does
-        not depend on the batch size.
+        Image i starts from its own U(-1, 1) z drawn from (``seed``, i) (or from E(x)), so its
+        result does not depend on the batch size.
         """
         start = 0
         for images, labels in tqdm(dataset, total=total_batches, desc="anomaly search",
                                    unit="batch"):
             count = int(tf.shape(images)[0])
             z0 = starting_z(range(start, start + count), self.config.z_dim, seed,
-                            search.restarts)
+                            config.restarts)
             start += count
-            yield images.numpy(), self.search(images, labels, z0, search)
+            yield images.numpy(), self.search(images, labels, z0, config)
 
     # Sampling --------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def _encode_fn(self):
+        cfg = self.config
+        return tf.function(
+            lambda images, labels: self.encoder(images, labels, training=False),
+            input_signature=[tf.TensorSpec((None, cfg.output_height, cfg.output_width, cfg.c_dim)),
+                             tf.TensorSpec((None, cfg.y_dim))])
+
+    def encode(self, images, labels):
+        """E(x) in inference mode, a (batch, z_dim) tensor."""
+        return self._encode_fn(tf.convert_to_tensor(images, tf.float32),
+                               tf.convert_to_tensor(labels, tf.float32))
 
     def generate(self, z, labels=None):
         """G(z) in inference mode (batch-norm moving statistics)."""
@@ -631,16 +1035,29 @@ class DCGAN:
         return self.generator(tf.convert_to_tensor(z, tf.float32),
                               tf.convert_to_tensor(labels, tf.float32), training=False).numpy()
 
-    def save_samples(self, sample_inputs, epoch, index, writer=None):
-        """Writes the grid of G on the fixed sample inputs, as the original's train_XX_XXXX.png."""
-        images = self.generate(*sample_inputs)
-        path = Path(self.train_config.sample_dir) / f"train_{epoch:02d}_{index:04d}.png"
-        utils.save_images(images, path, value_range=self.config.value_range)
+    def _write_grid(self, images, path, writer, tag, step, shape=None):
+        """Saves ``images`` (the model's value range) as a grid PNG and a TensorBoard image."""
+        utils.save_images(images, path, shape, value_range=self.config.value_range)
         if writer is not None:
             low, high = self.config.value_range
-            with writer.as_default(step=self.steps_done):
-                tf.summary.image("samples", (images - low) / (high - low), max_outputs=8)
+            with writer.as_default(step=step):
+                tf.summary.image(tag, (images - low) / (high - low), max_outputs=8)
         return path
+
+    def save_samples(self, sample_inputs, epoch, index, writer=None):
+        """Writes the grid of G on the fixed sample inputs, as the original's train_XX_XXXX.png."""
+        path = Path(self.train_config.sample_dir) / f"train_{epoch:02d}_{index:04d}.png"
+        return self._write_grid(self.generate(*sample_inputs), path, writer, "samples",
+                                self.steps_done)
+
+    def save_reconstructions(self, images, labels, epoch, index, writer=None):
+        """Writes x beside G(E(x)), four pairs a row, as encoder_XX_XXXX.png."""
+        fakes = self.generate(self.encode(images, labels).numpy(), labels)
+        pairs = np.stack([images, fakes], axis=1).reshape(-1, *images.shape[1:])
+        path = Path(self.train_config.sample_dir) / f"encoder_{epoch:02d}_{index:04d}.png"
+        shape = (math.ceil(len(images) / 4), 2 * min(len(images), 4))
+        return self._write_grid(pairs, path, writer, "reconstructions",
+                                self.encoder_steps_done, shape)
 
     def visualize(self, option, sample_dir, batch_size, seed=0):
         """The original's visualisations of a trained G; returns the written paths."""

@@ -74,8 +74,8 @@ def center_crop_box(width, height, crop_w, crop_h):
     return left, top, left + crop_w, top + crop_h
 
 
-def load_image(path, input_size, output_size, crop, channels):
-    """Reads an image as float32 (h, w, c) in [-1, 1].
+def load_image(path, input_size, output_size, crop, channels, value_range=(-1.0, 1.0)):
+    """Reads an image as float32 (h, w, c) in ``value_range``.
 
     With ``crop`` the centre ``input_size`` (h, w) is cut out before resizing to
     ``output_size``; without it the whole image is resized, as in the original.
@@ -92,17 +92,19 @@ def load_image(path, input_size, output_size, crop, channels):
         if image.size != (out_w, out_h):
             image = image.resize((out_w, out_h), Image.BICUBIC)
         array = np.asarray(image, dtype=np.float32).reshape(out_h, out_w, channels)
-    return transform(array)
+    return scale_pixels(array, value_range)
 
 
-def transform(pixels):
-    """Maps pixel values in [0, 255] to [-1, 1]."""
-    return np.asarray(pixels, np.float32) / 127.5 - 1.0
+def scale_pixels(pixels, value_range):
+    """Maps float pixel values (numpy or TensorFlow) in [0, 255] to ``value_range``."""
+    low, high = value_range
+    return pixels / 255.0 * (high - low) + low
 
 
-def inverse_transform(images):
-    """Maps [-1, 1] back to [0, 1]."""
-    return (np.asarray(images) + 1.0) / 2.0
+def mnist_files_present(folder):
+    """Whether ``folder`` holds all four MNIST idx files (plain or gzipped)."""
+    return all((Path(folder) / name).is_file() or (Path(folder) / f"{name}.gz").is_file()
+               for names in MNIST_FILES.values() for name in names)
 
 
 def find_mnist_file(folder, name):
@@ -298,12 +300,6 @@ def mnist_source(folder, split, digits=None):
                        arrays=images, classes=labels)
 
 
-def _scale(pixels, value_range):
-    """float pixels in [0, 255] -> ``value_range``."""
-    low, high = value_range
-    return pixels / 255.0 * (high - low) + low
-
-
 def make_dataset(source, spec, batch_size, y_dim=0, shuffle_seed=None, drop_remainder=False):
     """A tf.data pipeline of (images, one-hot labels) batches from ``source``.
 
@@ -320,9 +316,8 @@ def make_dataset(source, spec, batch_size, y_dim=0, shuffle_seed=None, drop_rema
     channels = source.channels
     if source.files is not None:
         def decode(path):
-            image = load_image(path.decode(), spec.input_size, spec.output_size, spec.crop,
-                               channels)
-            return _scale((image + 1.0) * 127.5, spec.value_range).astype(np.float32)
+            return load_image(path.decode(), spec.input_size, spec.output_size, spec.crop,
+                              channels, spec.value_range)
 
         def load(path, y):
             image = tf.numpy_function(decode, [path], tf.float32, stateful=False)
@@ -334,7 +329,7 @@ def make_dataset(source, spec, batch_size, y_dim=0, shuffle_seed=None, drop_rema
             image = tf.cast(pixels, tf.float32)
             if tuple(pixels.shape[:2]) != (height, width):
                 image = tf.image.resize(image, (height, width), method="bicubic")
-            return _scale(image, spec.value_range), y
+            return scale_pixels(image, spec.value_range), y
 
         dataset = tf.data.Dataset.from_tensor_slices((source.arrays, y_rows))
     if shuffle_seed is not None:
@@ -519,8 +514,11 @@ class AnomalyReport:
         """Names of images whose score is NaN or infinite."""
         return [self.source.names[i] for i in np.flatnonzero(~np.isfinite(self.all_scores()))]
 
-    def finish(self, threshold, threshold_source, extra):
-        """Writes scores.csv, metrics.json and the plots; returns the metrics."""
+    def finish(self, threshold, threshold_source, extra, tensorboard=None):
+        """Writes scores.csv, metrics.json and the plots; returns the metrics.
+
+        ``tensorboard``: (log_dir, step, name) to log the results there too (``log_results``).
+        """
         self.partial.close()
         scores = self.all_scores()
         labels = self._labels()[:len(scores)]
@@ -542,6 +540,10 @@ class AnomalyReport:
                    **extra, "non_finite": self.non_finite()}
         write_text(self.result_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         self._plots(scores, labels, threshold, metrics)
+        if tensorboard is not None:
+            log_dir, step, name = tensorboard
+            log_results(log_dir, step, name, scores, labels, metrics,
+                        self.result_dir / "overview.png")
         return metrics
 
     def _plots(self, scores, labels, threshold, metrics):
@@ -554,6 +556,38 @@ class AnomalyReport:
                      self.result_dir / "roc.png")
         if known.sum() >= 5:
             plot_tsne(np.concatenate(self.z)[known], labels[known], self.result_dir / "tsne.png")
+
+
+def log_results(log_dir, step, name, scores, labels, metrics, overview_path):
+    """The anomaly test's results as TensorBoard summaries under ``test/<name>/``.
+
+    Metrics as scalars, score histograms per label, the precision-recall curve (TensorBoard's
+    pr_curve plugin; scores min-max scaled to [0, 1], which keeps their order) when both labels
+    are known, and the overview grid as an image, at the model's training ``step``.
+    """
+    from tensorboard.plugins.pr_curve import summary as pr_curve
+
+    prefix = f"test/{name}"
+    finite = np.isfinite(scores)
+    writer = tf.summary.create_file_writer(str(log_dir))
+    with writer.as_default(step=step):
+        for key in ("roc_auc", "pr_auc", "f1", "threshold", "n_anomalous", "images_per_second"):
+            if metrics.get(key) is not None:
+                tf.summary.scalar(f"{prefix}/{key}", metrics[key])
+        for value, (label_name, _) in LABEL_STYLES.items():
+            chosen = scores[finite & (labels == value)]
+            if len(chosen):
+                tf.summary.histogram(f"{prefix}/scores_{label_name}", chosen)
+        known = finite & (labels >= 0)
+        if metrics.get("roc_auc") is not None:
+            ranked = scores[known]
+            unit = (ranked - ranked.min()) / max(float(ranked.max() - ranked.min()), 1e-12)
+            summary = pr_curve.pb(prefix, labels[known].astype(bool), unit,
+                                  num_thresholds=201)
+            tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=step)
+        with Image.open(overview_path) as image:
+            tf.summary.image(f"{prefix}/overview", np.asarray(image.convert("RGB"))[None])
+    writer.close()
 
 
 def evaluate(scores, labels, flagged):

@@ -3,7 +3,7 @@
     python benchmarks/train_step.py [--height 28 --channels 1 --batch 64 --steps 5]
 
 Prints one JSON object, measured in this one process: ``--steps`` calls of the compiled step
-that ``DCGAN.train`` runs (``_distributed_train_step``) on random images, after one call that
+that ``DCGAN.train`` runs (``DCGAN.train_step_fn``) on random images, after one call that
 traces it, between two measurements of a large dense ``tf.matmul``.
 
 FLOPs per trained image are counted from the layer shapes (2 per multiply-add; batch norm and
@@ -54,13 +54,13 @@ def main(argv=None):
                          tf.float32)
     labels = tf.zeros((args.batch, 0))
     z = tf.constant(rng.uniform(-1, 1, (args.batch, dcgan.config.z_dim)), tf.float32)
-    step = dcgan._distributed_train_step(args.batch)
-    [loss.numpy() for loss in step(images, labels, z)]
+    step = dcgan.train_step_fn(args.batch)
+    [loss.numpy() for loss in step(images, labels, z).values()]
     matmul = [common.matmul_gflops()]
     started = time.perf_counter()
     for _ in range(args.steps):
         losses = step(images, labels, z)
-    [loss.numpy() for loss in losses]
+    [loss.numpy() for loss in losses.values()]
     seconds = time.perf_counter() - started
     matmul.append(common.matmul_gflops())
     flops = train_flops(dcgan)

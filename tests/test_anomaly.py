@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import write_images, write_mnist
 from PIL import Image
 
@@ -79,6 +80,26 @@ def test_labelled_folder_writes_every_output(trained):
     for name in ("roc.png", "scores_hist.png", "overview.png", "tsne.png"):
         assert Image.open(result_dir / name).size[0] > 100
     assert not (result_dir / ".scores.partial.csv").exists()
+    assert_tensorboard_results(root / "logs" / "rings_8_28_28", "test_result", metrics)
+
+
+def assert_tensorboard_results(log_dir, name, metrics):
+    """TensorBoard's own reader finds the test's PR curve, histograms, overview and metrics."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    prefix = f"test/{name}"
+    assert set(events.PluginTagToContent("pr_curves")) == {f"{prefix}/pr_curves"}
+    assert set(events.PluginTagToContent("histograms")) == {f"{prefix}/scores_normal",
+                                                          f"{prefix}/scores_anomalous"}
+    assert f"{prefix}/overview" in events.PluginTagToContent("images")
+    (roc,) = events.Tensors(f"{prefix}/roc_auc")
+    assert roc.step == 4 and float(tf.make_ndarray(roc.tensor_proto)) == pytest.approx(
+        metrics["roc_auc"])
+    (curve,) = events.Tensors(f"{prefix}/pr_curves")
+    precision_recall = tf.make_ndarray(curve.tensor_proto)  # rows: TP, FP, TN, FN, P, R
+    assert precision_recall.shape == (6, 201) and precision_recall[0, 0] == 4  # all 4 anomalies
 
 
 def test_scores_do_not_depend_on_the_test_batch_size(trained):

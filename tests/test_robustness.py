@@ -40,8 +40,6 @@ def error_line(capsys):
     ([*GRAY], "nothing to do"),
     ([*GRAY, "--epoch", "x", "--train"], "argument --epoch: invalid int value: 'x'"),
     ([*GRAY, "--normal_class", "12", "--train"], "digits must be in 0..9"),
-    (["--dataset", "mnist", "--train"], ("train-images-idx3-ubyte(.gz) not found: run "
-                                        "`python download.py mnist`")),
 ])
 def test_bad_flags_and_missing_data_give_one_line(workdir, capsys, flags, expected):
     assert exit_code(flags) == 2

@@ -58,8 +58,9 @@ def test_rgb_32_with_crop_trains_samples_and_resumes(workdir, capsys):
     # 32 images minus a held-out tenth (3) leaves 29 -> 3 steps per epoch.
     assert checkpoint_steps(folder) == [6]
     assert json.loads((folder / "config.json").read_text())["c_dim"] == 3
+    # Every --sample_every (2) steps and at the end of every epoch (3 steps).
     assert sorted(p.name for p in (workdir / "samples").glob("*.png")) == [
-        "train_00_0002.png", "train_01_0001.png", "train_01_0003.png"]
+        "train_00_0002.png", "train_00_0003.png", "train_01_0001.png", "train_01_0003.png"]
     grid = Image.open(workdir / "samples" / "train_01_0003.png")
     assert grid.size == (4 * 32, 2 * 32) and grid.mode == "RGB"
     capsys.readouterr()

@@ -1,0 +1,136 @@
+"""The newcomer's command line: MNIST fetched on demand, MNIST sizes, one writer per checkpoint."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import write_images, write_mnist
+
+import download
+import main
+from download import idx_md5
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--gf_dim", "8", "--df_dim", "8", "--z_dim", "8", "--batch_size", "8"]
+
+
+def error_line(capsys):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error")]
+    assert lines and err.count("error") == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture
+def mnist_mirror(server, tmp_path, monkeypatch):
+    """A loopback MNIST mirror of tiny idx files, trusted in place of the real ones."""
+    folder = write_mnist(tmp_path / "made", train_per_digit=12, test_per_digit=3)
+    for path in sorted(folder.iterdir()):
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        name = path.name.removesuffix(".gz")
+        server.add(f"/mnist/{name}.gz", gzip.compress(data))
+        monkeypatch.setitem(download.MNIST_MD5, name, idx_md5(path))
+    monkeypatch.setattr(download, "MNIST_MIRRORS", (server.url("/mnist/"),))
+    return server
+
+
+def test_one_command_fetches_mnist_trains_and_scores_at_28(workdir, mnist_mirror):
+    assert main.main(["--dataset", "mnist", "--normal_class", "0", "--train", "--anomaly_test",
+                      "--epoch", "1", "--train_size", "64", "--test_size", "12", *TINY]) == 0
+    assert sorted(p.name for p in (workdir / "data" / "mnist").iterdir()) == sorted(
+        f"{name}.gz" for name in download.MNIST_MD5)
+    folder = workdir / "checkpoint" / "mnist_8_28_28_normal0"
+    assert json.loads((folder / "config.json").read_text())["output_height"] == 28
+    assert list(folder.glob("ckpt-*.index"))
+    assert list((workdir / "samples").glob("train_00_*.png"))
+    metrics = json.loads((workdir / "test_data" / "test_result" / "metrics.json").read_text())
+    assert metrics["n"] == 12 and metrics["roc_auc"] is not None
+    served = len(mnist_mirror.requests)
+    assert main.main(["--dataset", "mnist", "--normal_class", "0", "--anomaly_test",
+                      "--test_size", "12", "--test_result_dir", "again", *TINY]) == 0
+    assert len(mnist_mirror.requests) == served  # present files are not fetched again
+
+
+def test_mnist_sizes_default_to_28_but_flags_win(workdir):
+    parse = main.build_parser().parse_args
+    args = main.resolve(parse(["--dataset", "mnist", "--train"]))
+    assert (args.input_height, args.input_width, args.output_height, args.output_width) == (
+        28, 28, 28, 28)
+    args = main.resolve(parse(["--dataset", "MNIST", "--output_height", "32", "--train"]))
+    assert (args.input_height, args.output_height, args.output_width) == (28, 32, 32)
+    args = main.resolve(parse(["--dataset", "faces", "--train"]))
+    assert (args.input_height, args.output_height) == (108, 64)
+
+
+def test_no_network_fails_in_one_line_and_leaves_nothing(workdir, closed_url, monkeypatch,
+                                                          capsys):
+    monkeypatch.setattr(download, "MNIST_MIRRORS", (closed_url,))
+    assert main.main(["--dataset", "mnist", "--normal_class", "0", "--train", *TINY]) == 2
+    line = error_line(capsys)
+    assert line.startswith("error: cannot fetch MNIST into data/mnist (")
+    assert "python download.py mnist --from PATH" in line
+    assert not [p for p in (workdir / "data").rglob("*") if p.is_file()]
+    assert not (workdir / "checkpoint").exists()
+
+
+GRAY = ["--dataset", "gray", "--input_fname_pattern", "*.png", "--input_height", "28",
+        "--output_height", "28", *TINY]
+
+
+def test_second_training_on_a_folder_in_use_fails_at_once(workdir, capsys):
+    write_images(workdir / "data" / "gray", 24, 28)
+    write_images(workdir / "test_data" / "normal", 2, 28, seed=4)
+    first = subprocess.Popen(
+        [sys.executable, str(REPO / "main.py"), *GRAY, "--epoch", "1000", "--save_every", "2",
+         "--train"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    folder = workdir / "checkpoint" / "gray_8_28_28"
+    try:
+        deadline = time.monotonic() + 240
+        while not list(folder.glob("ckpt-*.index")):
+            assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+            time.sleep(0.2)
+        for job in ("--train", "--train_encoder"):
+            started = time.monotonic()
+            second = subprocess.run([sys.executable, str(REPO / "main.py"), *GRAY, job],
+                                    cwd=workdir, capture_output=True, text=True, timeout=120,
+                                    check=False)
+            assert second.returncode == 2, second.stderr
+            errors = [line for line in second.stderr.splitlines() if line.startswith("error")]
+            assert len(errors) == 1 and "Traceback" not in second.stderr
+            assert errors[0].startswith(f"error: checkpoint folder {Path('checkpoint')/folder.name}"
+                                        f" is in use by another training (pid {first.pid}: ")
+            assert time.monotonic() - started < 60
+        # Scoring from the checkpoint while it trains stays allowed.
+        assert main.main([*GRAY, "--anomaly_test", "--test_epoch", "1"]) == 0
+        assert first.poll() is None
+    finally:
+        first.kill()
+        first.communicate(timeout=60)
+    # The kernel released the killed process's lock: the next training resumes.
+    capsys.readouterr()
+    steps = sorted(int(p.name.split("-")[1].split(".")[0]) for p in folder.glob("*.index"))
+    assert main.main([*GRAY, "--epoch", str(steps[-1] // 2 + 1), "--train"]) == 0
+    assert f"resuming from step {steps[-1]}" in capsys.readouterr().out
+
+
+def test_checkpoint_dir_that_is_a_file_is_refused_before_training(workdir, capsys):
+    write_images(workdir / "data" / "gray", 24, 28)
+    (workdir / "afile").write_text("not a folder")
+    assert main.main([*GRAY, "--checkpoint_dir", "afile", "--epoch", "1", "--train"]) == 2
+    assert "cannot use afile/gray_8_28_28 as a checkpoint folder" in error_line(capsys)
+    assert not (workdir / "samples").exists() and not (workdir / "logs").exists()
+
+
+def test_help_groups_the_flags(capsys):
+    with pytest.raises(SystemExit):
+        main.main(["--help"])
+    out = capsys.readouterr().out
+    for group in ("what to do", "data:", "model:", "training:", "anomaly test:", "outputs:",
+                  "distribution:"):
+        assert group in out

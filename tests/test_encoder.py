@@ -1,0 +1,322 @@
+"""Whole-model checkpoints and f-AnoGAN's izi_f encoder, on tiny models trained for real."""
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import write_images, write_mnist
+from PIL import Image
+
+import main
+import model
+import utils
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = model.ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8)
+
+
+def run_main(flags, *extra):
+    return main.main([*flags, *map(str, extra)])
+
+
+def error_line(capsys):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A GAN trained 3 epochs on 28x28 rings, then its encoder 4 epochs; the flags.
+
+    A learning rate 10x the default lets 12 steps make a G whose output follows z.
+    """
+    root = tmp_path_factory.mktemp("encoder")
+    write_images(root / "data" / "rings", 40, 28, kind=0)
+    flags = ["--dataset", "rings", "--input_fname_pattern", "*.png", "--batch_size", "8",
+             "--input_height", "28", "--output_height", "28", "--z_dim", "16",
+             "--gf_dim", "8", "--df_dim", "8", "--data_dir", str(root / "data"),
+             "--checkpoint_dir", str(root / "checkpoint"), "--sample_dir", str(root / "samples"),
+             "--log_dir", str(root / "logs"), "--epoch", "3", "--learning_rate", "0.002"]
+    assert run_main(flags, "--train") == 0
+    assert run_main(flags, "--train_encoder", "--encoder_epoch", "4") == 0
+    return root, flags
+
+
+def restored(root):
+    dcgan = model.DCGAN(CONFIG, root / "checkpoint" / "rings_8_28_28")
+    assert dcgan.load()
+    return dcgan
+
+
+def labelled_test_dir(root):
+    test_dir = root / "labelled"
+    if not test_dir.exists():
+        write_images(test_dir / "normal", 5, 28, kind=0, seed=7)
+        write_images(test_dir / "anomaly", 4, 28, kind=4, seed=8)
+    return test_dir
+
+
+def test_round_trip_in_a_fresh_process_computes_exactly_the_same(tmp_path):
+    source_dir = tmp_path / "data"
+    write_images(source_dir, 16, 28, kind=0)
+    source = utils.folder_source(source_dir, "*.png")
+    dcgan = model.DCGAN(CONFIG, tmp_path / "ckpt", model.TrainConfig(
+        epochs=2, sample_dir=str(tmp_path / "s"), log_dir=str(tmp_path / "l")))
+    dataset = utils.make_dataset(source, utils.ImageSpec((28, 28), (28, 28)), 8, shuffle_seed=0,
+                                 drop_remainder=True)
+    dcgan.train(dataset, 2, 8, model.sample_inputs(CONFIG, 8))
+    variance = dcgan.generator.bns[0].moving_variance.numpy()
+    assert not np.allclose(variance, 1.0)  # training moved the statistics away from the start
+    z = np.random.default_rng(0).uniform(-1, 1, (4, 16)).astype(np.float32)
+    images = dcgan.generate(z)
+    _, features = dcgan.discriminator(images, training=False)
+    np.savez(tmp_path / "before.npz", z=z, images=images, features=features.numpy())
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        import numpy as np
+        import model
+        dcgan = model.DCGAN(model.{CONFIG!r}, {str(tmp_path / "ckpt")!r})
+        assert dcgan.load() and not dcgan.statistics_missing
+        before = np.load({str(tmp_path / "before.npz")!r})
+        images = dcgan.generate(before["z"])
+        _, features = dcgan.discriminator(images, training=False)
+        np.testing.assert_array_equal(images, before["images"])
+        np.testing.assert_array_equal(features.numpy(), before["features"])
+        print("identical")
+        """)], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0 and "identical" in result.stdout, result.stderr[-3000:]
+    names = [name for name, _ in tf.train.list_variables(dcgan.manager.latest_checkpoint)]
+    assert any("moving_variance" in name for name in names)
+
+
+def write_legacy_checkpoint(dcgan):
+    """A checkpoint as the earlier version wrote it: Keras models handed to tf.train.Checkpoint
+    directly, so that only the optimisers' references reach their weights."""
+    legacy = tf.train.Checkpoint(generator=dcgan.generator, discriminator=dcgan.discriminator,
+                                 d_optim=dcgan.d_optim, g_optim=dcgan.g_optim, step=dcgan.step)
+    return tf.train.CheckpointManager(legacy, str(dcgan.checkpoint_dir), 3).save(
+        checkpoint_number=dcgan.steps_done)
+
+
+def test_legacy_checkpoint_restores_weights_and_reestimates_statistics(workdir, capsys):
+    write_images(workdir / "data" / "rings", 24, 28, kind=0)
+    flags = ["--dataset", "rings", "--input_fname_pattern", "*.png", "--batch_size", "8",
+             "--input_height", "28", "--output_height", "28", "--z_dim", "16",
+             "--gf_dim", "8", "--df_dim", "8"]
+    assert run_main(flags, "--epoch", "1", "--train") == 0
+    folder = workdir / "checkpoint" / "rings_8_28_28"
+    trained = restored(workdir)
+    for path in folder.glob("ckpt-*"):
+        path.unlink()
+    write_legacy_checkpoint(trained)
+
+    legacy = model.DCGAN(CONFIG, folder)
+    assert legacy.load() and legacy.statistics_missing
+    np.testing.assert_array_equal(legacy.generator.project.kernel.numpy(),
+                                  trained.generator.project.kernel.numpy())
+    np.testing.assert_array_equal(legacy.generator.bns[0].moving_variance.numpy(), 1.0)
+
+    write_images(workdir / "test_data" / "normal", 2, 28, kind=0, seed=3)
+    capsys.readouterr()
+    assert run_main(flags, "--anomaly_test", "--test_epoch", "1") == 0
+    err = capsys.readouterr().err
+    assert "was saved without batch-norm statistics" in err and "re-estimated them" in err
+    assert (workdir / "test_data" / "test_result" / "metrics.json").exists()
+
+    source = utils.folder_source(workdir / "data" / "rings", "*.png")
+    dataset = utils.make_dataset(source, utils.ImageSpec((28, 28), (28, 28)), 8,
+                                 drop_remainder=True)
+    legacy.estimate_statistics(dataset, 8, batches=60)
+    assert not legacy.statistics_missing
+    # G's first batch norm sees linear(z) for z ~ U(-1, 1): its statistics are those of that.
+    z = np.random.default_rng(0).uniform(-1, 1, (4096, 16)).astype(np.float32)
+    projected = tf.reshape(legacy.generator.project(z), (-1, legacy.generator.start_shape[-1]))
+    estimated = legacy.generator.bns[0].moving_variance.numpy()
+    np.testing.assert_allclose(estimated, tf.math.reduce_variance(projected, 0), rtol=0.25)
+    assert estimated.max() < 0.1  # from 1.0, where the legacy checkpoint left it
+
+
+def test_encoder_trains_its_loss_falls_and_it_writes_grids_and_logs(trained):
+    root, _ = trained
+    dcgan = restored(root)
+    assert dcgan.encoder_ready and dcgan.encoder_steps_done == 16
+    config = json.loads((root / "checkpoint" / "rings_8_28_28" / "config.json").read_text())
+    assert config["encoder"] == {"steps": 16, "trained_for_step": 12, "kappa": 1.0}
+    grids = sorted(p.name for p in (root / "samples").glob("encoder_*.png"))
+    assert grids == [f"encoder_{e:02d}_0004.png" for e in range(4)]
+    # x beside G(E(x)): pairs of tiles, 4 pairs a row.
+    assert Image.open(root / "samples" / grids[-1]).size == (8 * 28, 1 * 28)
+    events = [event for path in (root / "logs").rglob("events.out.tfevents.*")
+              for event in tf.compat.v1.train.summary_iterator(str(path))]
+    losses = [tf.make_ndarray(value.tensor).item() for event in events
+              for value in event.summary.value if value.tag == "encoder_loss"]
+    assert len(losses) == 16
+    assert np.mean(losses[-4:]) < 0.97 * np.mean(losses[:4]) and losses[-1] < losses[0]
+    assert any(value.tag == "reconstructions" for event in events
+               for value in event.summary.value)
+
+
+def test_encoder_resumes_and_is_saved_and_restored(trained, capsys):
+    root, flags = trained
+    dcgan = restored(root)
+    images = np.stack([utils.load_image(p, (28, 28), (28, 28), False, 1)
+                       for p in sorted((root / "data" / "rings").glob("*.png"))[:5]])
+    labels = np.zeros((5, 0), np.float32)
+    z = dcgan.encode(images, labels).numpy()
+    assert np.abs(z).max() <= 1.0
+    again = restored(root)
+    np.testing.assert_array_equal(again.encode(images, labels).numpy(), z)
+    capsys.readouterr()
+    assert run_main(flags, "--train_encoder", "--encoder_epoch", "4") == 0
+    assert "encoder already trained 16 steps" in capsys.readouterr().out
+    untrained = model.DCGAN(CONFIG, root / "elsewhere")
+    assert not np.allclose(untrained.encode(images, labels).numpy(), z)
+
+
+def read_scores(result_dir):
+    with open(result_dir / "scores.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_encoder_scoring_without_search_writes_every_output(trained):
+    root, flags = trained
+    test_dir = labelled_test_dir(root)
+    assert run_main(flags, "--anomaly_test", "--test_dir", test_dir, "--z_init", "encoder",
+                    "--test_epoch", 0, "--test_batch_size", 4, "--test_result_dir", "enc") == 0
+    result_dir = test_dir / "enc"
+    rows = read_scores(result_dir)
+    assert len(rows) == 9
+    for row in rows:
+        stem = row["file"].replace("/", "_").rsplit(".", 1)[0]
+        for prefix in ("AD", "AD_error"):
+            assert Image.open(result_dir / f"{prefix}_0_{stem}.png").size == (28, 28)
+    assert not list(result_dir.glob("AD_1_*"))
+    metrics = json.loads((result_dir / "metrics.json").read_text())
+    assert metrics["z_init"] == "encoder" and metrics["test_epoch"] == 0
+    assert metrics["encoder_steps"] == 16 and metrics["roc_auc"] is not None
+    for name in ("roc.png", "scores_hist.png", "overview.png", "tsne.png"):
+        assert (result_dir / name).exists()
+
+
+def test_zero_step_score_is_the_score_function_of_g_of_e_of_x(trained):
+    root, _ = trained
+    dcgan = restored(root)
+    test_dir = labelled_test_dir(root)
+    files = sorted(str(p) for p in test_dir.rglob("img_*.png") if "enc" not in p.parts)
+    images = np.stack([utils.load_image(f, (28, 28), (28, 28), False, 1) for f in files])
+    labels = np.zeros((len(images), 0), np.float32)
+    z0 = model.starting_z(range(len(images)), 16)
+    for config in (model.SearchConfig(steps=0, z_init="encoder"),
+                   model.SearchConfig(steps=0, z_init="encoder", score="izif", kappa=0.5)):
+        result = dcgan.search(images, labels, z0, config)
+        z = dcgan.encode(images, labels)
+        fakes = dcgan.generator(z, labels, training=False)
+        _, real_features = dcgan.discriminator(images, labels, training=False)
+        logits, fake_features = dcgan.discriminator(fakes, labels, training=False)
+        expected = config.scores(images, fakes, real_features, fake_features, logits)
+        for got, want in zip((result.score, result.residual, result.discrimination), expected):
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-5)
+        np.testing.assert_allclose(result.z, z.numpy(), atol=1e-6)
+        np.testing.assert_allclose(result.snapshots[0], fakes.numpy(), atol=1e-5)
+    residual = np.abs(images - fakes.numpy()).reshape(len(images), -1)
+    np.testing.assert_allclose(
+        model.anomaly_score(images, fakes, real_features, fake_features, 0.1)[1], residual.sum(1),
+        rtol=1e-5)
+    np.testing.assert_allclose(
+        model.izif_score(images, fakes, real_features, fake_features, 1.0)[1],
+        (residual ** 2).mean(1), rtol=1e-5)
+
+
+def test_encoder_start_search_does_not_depend_on_the_batch_size(trained):
+    root, flags = trained
+    test_dir = labelled_test_dir(root)
+    for batch in (4, 3):
+        assert run_main(flags, "--anomaly_test", "--test_dir", test_dir, "--z_init", "encoder",
+                        "--test_epoch", 3, "--test_learning_rate", 0.05, "--test_restarts", 2,
+                        "--test_batch_size", batch, "--test_result_dir", f"enc_b{batch}") == 0
+    b4, b3 = ([float(r["anomaly_score"]) for r in read_scores(test_dir / f"enc_b{batch}")]
+              for batch in (4, 3))
+    np.testing.assert_allclose(b3, b4, rtol=1e-4)
+
+
+def test_encoder_error_cases_are_one_line(trained, tmp_path, capsys):
+    root, flags = trained
+    elsewhere = [*flags, "--checkpoint_dir", str(tmp_path / "none")]
+    assert run_main(elsewhere, "--train_encoder") == 2
+    assert "no trained GAN in" in error_line(capsys)
+    assert run_main(flags, "--train_encoder", "--encoder_epoch", 0) == 2
+    assert "--encoder_epoch must be positive" in error_line(capsys)
+    assert run_main(flags, "--anomaly_test", "--score", "izif", "--dis_loss", "gan") == 2
+    assert "--score izif compares D's features" in error_line(capsys)
+    assert run_main(flags, "--anomaly_test", "--test_epoch", -1) == 2
+    assert "--test_epoch must be >= 0" in error_line(capsys)
+
+    # A GAN without an encoder, then one whose G moved on after its encoder was trained.
+    copy = tmp_path / "copy"
+    fresh = [*flags, "--checkpoint_dir", str(copy)]
+    assert run_main(fresh, "--train") == 0
+    test_dir = labelled_test_dir(root)
+    capsys.readouterr()
+    assert run_main(fresh, "--anomaly_test", "--test_dir", test_dir, "--z_init", "encoder") == 2
+    assert "no trained encoder in" in error_line(capsys)
+    assert run_main(fresh, "--train_encoder", "--encoder_epoch", 1) == 0
+    assert run_main(fresh, "--train", "--epoch", 4) == 0
+    capsys.readouterr()
+    assert run_main(fresh, "--anomaly_test", "--test_dir", test_dir, "--z_init", "encoder") == 2
+    assert "was trained for G at step 12, G is now at step 16" in error_line(capsys)
+    assert run_main(fresh, "--train_encoder", "--encoder_epoch", 1, "--epoch", 4) == 0
+    assert "training it again" in capsys.readouterr().out
+    assert run_main(fresh, "--anomaly_test", "--test_dir", test_dir, "--z_init", "encoder",
+                    "--epoch", 4, "--test_epoch", 0, "--test_result_dir", "again") == 0
+
+
+def test_search_config_checks_its_own_fields():
+    with pytest.raises(ValueError, match="--dis_loss must be one of"):
+        model.SearchConfig(dis_loss="gan_loss")
+    with pytest.raises(ValueError, match="--z_init must be one of"):
+        model.SearchConfig(z_init="zeros")
+    with pytest.raises(ValueError, match="--ano_lambda"):
+        model.SearchConfig(ano_lambda=2.0)
+    with pytest.raises(ValueError, match="--encoder_epoch"):
+        model.TrainConfig(encoder_epochs=0)
+    with pytest.raises(ValueError, match="--output_height"):
+        model.ModelConfig(4, 4, 1)
+
+
+def test_conditional_features_are_the_fully_connected_layer(tmp_path):
+    config = model.ModelConfig(28, 28, 1, z_dim=8, y_dim=10, gf_dim=8, df_dim=8, dfc_dim=32)
+    dcgan = model.DCGAN(config, tmp_path)
+    labels = utils.one_hot([0, 3], 10)
+    images = dcgan.generate(np.zeros((2, 8), np.float32), labels)
+    logits, features = dcgan.discriminator(images, labels, training=False)
+    assert logits.shape == (2, 1) and features.shape == (2, 32)
+    d = dcgan.discriminator
+    h = model.lrelu(d.bn1(d.conv1(model.conv_cond_concat(
+        model.lrelu(d.conv0(model.conv_cond_concat(images, labels))), labels)), training=False))
+    expected = model.lrelu(d.bn2(d.fc2(tf.concat([model.flat(h), labels], 1)), training=False))
+    np.testing.assert_allclose(features.numpy(), expected.numpy(), rtol=1e-5, atol=1e-7)
+    assert dcgan.encode(images, labels).shape == (2, 8)
+
+
+def test_conditional_mnist_encoder_scores_with_and_without_labels(tmp_path):
+    write_mnist(tmp_path / "data" / "mnist", train_per_digit=8, test_per_digit=2)
+    flags = ["--dataset", "mnist", "--batch_size", "8", "--z_dim", "8", "--gf_dim", "8",
+             "--df_dim", "8", "--data_dir", str(tmp_path / "data"),
+             "--checkpoint_dir", str(tmp_path / "ckpt"), "--log_dir", str(tmp_path / "logs"),
+             "--sample_dir", str(tmp_path / "samples"), "--test_dir", str(tmp_path / "test"),
+             "--epoch", "1", "--encoder_epoch", "1", "--test_batch_size", "8"]
+    assert run_main(flags, "--train", "--train_encoder", "--anomaly_test", "--z_init", "encoder",
+                    "--test_epoch", 0, "--test_size", 6) == 0
+    assert len(read_scores(tmp_path / "test" / "test_result")) == 6
+    write_images(tmp_path / "test" / "anomaly", 2, 28, kind=5)
+    assert run_main(flags, "--anomaly_test", "--z_init", "encoder", "--test_epoch", 0,
+                    "--test_result_dir", "folder") == 0
+    assert len(read_scores(tmp_path / "test" / "folder")) == 2

@@ -1,6 +1,7 @@
 """Fetch, verify and extract the datasets main.py reads into <data_dir>/<name>/.
 
-    python download.py mnist celebA lsun [--category bedroom] [--mirror URL] [--from PATH]
+    python download.py mnist celebA lsun mvtec [--category NAME[,NAME]] [--mirror URL]
+        [--from PATH]
 
 Every file streams to `<file>.part` (resumed with an HTTP Range request when one exists), is
 verified, and only then renamed into place; archives are unpacked in a hidden sibling folder and
@@ -14,6 +15,7 @@ import argparse
 import errno
 import gzip
 import hashlib
+import lzma
 import os
 import re
 import shutil
@@ -34,7 +36,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 import requests
 from tqdm import tqdm
 
-DATASETS = ("mnist", "celebA", "lsun")
+DATASETS = ("mnist", "celebA", "lsun", "mvtec")
 
 MNIST_MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
@@ -60,6 +62,28 @@ DRIVE_HOSTS = frozenset({"drive.google.com", "drive.usercontent.google.com", "do
 LSUN_CATEGORIES_URL = "http://dl.yf.io/lsun/categories.txt"
 LSUN_SCENES_URL = "http://dl.yf.io/lsun/scenes/"
 LSUN_SPLITS = ("train", "val")
+
+MVTEC_SHARE = "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/"
+MVTEC_URLS = {category: f"{share}{part}/{category}.tar.xz" for category, share, part in (
+    ("bottle", MVTEC_SHARE, "420937370-1629951468"),
+    ("cable", MVTEC_SHARE, "420937413-1629951498"),
+    ("capsule", MVTEC_SHARE, "420937454-1629951595"),
+    ("carpet", MVTEC_SHARE, "420937484-1629951672"),
+    ("grid", MVTEC_SHARE, "420937487-1629951814"),
+    ("hazelnut", MVTEC_SHARE, "420937545-1629951845"),
+    ("leather", MVTEC_SHARE, "420937607-1629951964"),
+    ("metal_nut", MVTEC_SHARE, "420937637-1629952063"),
+    ("pill", "https://www.mydrive.ch/shares/43421/11a215a5749fcfb75e331ddd5f8e43ee/download/",
+     "420938129-1629953099"),
+    ("screw", MVTEC_SHARE, "420938130-1629953152"),
+    ("tile", MVTEC_SHARE, "420938133-1629953189"),
+    ("toothbrush", MVTEC_SHARE, "420938134-1629953256"),
+    ("transistor", MVTEC_SHARE, "420938166-1629953277"),
+    ("wood", MVTEC_SHARE, "420938383-1629953354"),
+    ("zipper", MVTEC_SHARE, "420938385-1629953449"),
+)}
+"""The MVTec AD category archives as MVTec's download page links them (no checksums published)."""
+MVTEC_LAYOUT = ("train/good", "test", "ground_truth")
 
 PART_SUFFIX = ".part"
 DONE_MARKER = ".downloaded"
@@ -95,11 +119,21 @@ class FetchOptions:
 
 @dataclass(frozen=True)
 class Archive:
-    """One archive of a dataset: its file name, the URLs to try in order, its MD5 if known."""
+    """One archive of a dataset: its file name, the URLs to try in order, its MD5 if known,
+    and a check of its contents (``layout``: raises SourceError) where one is known."""
 
     name: str
     urls: tuple[str, ...]
     md5: str | None = None
+    layout: Callable[[Path], None] | None = None
+
+    def verifier(self, check_md5: bool = True) -> Callable[[Path], None]:
+        """The checks a copy of this archive must pass (its MD5 only when ``check_md5``)."""
+        def verify(path: Path) -> None:
+            archive_verifier(self.md5 if check_md5 else None)(path)
+            if self.layout is not None:
+                self.layout(path)
+        return verify
 
 
 # ---------------------------------------------------------------- small helpers
@@ -381,6 +415,22 @@ def archive_verifier(md5: str | None = None) -> Callable[[Path], None]:
     return verify
 
 
+def tar_layout_verifier(top: str, folders: Sequence[str]) -> Callable[[Path], None]:
+    """A check that a tar archive reads to its end (a .tar.xz's own integrity checks included)
+    and holds each of ``top/<folder>/``."""
+    def verify(path: Path) -> None:
+        try:
+            with tarfile.open(path) as tar:
+                names = tar.getnames()
+        except (tarfile.TarError, lzma.LZMAError, EOFError, zlib.error, OSError) as exc:
+            raise SourceError(f"{path.name} is not a complete tar archive ({exc})") from None
+        for folder in folders:
+            prefix = f"{top}/{folder}/"
+            if not any(name.startswith(prefix) for name in names):
+                raise SourceError(f"{path.name} holds no {prefix}: not the expected archive")
+    return verify
+
+
 # ---------------------------------------------------------------- safe extraction
 
 
@@ -460,7 +510,7 @@ def extract_into(archive: Path, target: Path) -> None:
             safe_extract(archive, staging)
         for entry in staging.iterdir():
             replace_path(entry, target / entry.name)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise DownloadError(f"{archive} is damaged ({exc}); delete it and run again") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -583,14 +633,14 @@ def obtain_archive(archive: Archive, target: Path, from_path: Path | None,
         if source is None:
             raise DownloadError(f"--from {from_path} holds no {archive.name}")
         try:
-            archive_verifier()(source)
+            archive.verifier(check_md5=False)(source)
         except SourceError as exc:
             raise DownloadError(f"{source}: {exc}") from None
         return source
     dest = target / archive.name
     if dest.is_file():
         return dest
-    return fetch_first(archive.urls, dest, archive_verifier(archive.md5), options)
+    return fetch_first(archive.urls, dest, archive.verifier(), options)
 
 
 def install_archives(target: Path, archives: Sequence[Archive], from_path: Path | str | None,
@@ -657,6 +707,34 @@ def download_lsun(data_dir: Path | str, category: str = "bedroom", mirrors: Sequ
     return install_archives(target, archives, from_path, options)
 
 
+def mvtec_categories(text: str | None) -> list[str]:
+    """The MVTec AD categories named in a comma list (any case); all 15 for None."""
+    if text is None:
+        return list(MVTEC_URLS)
+    categories = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [c for c in categories if c not in MVTEC_URLS]
+    if unknown or not categories:
+        raise DownloadError(f"unknown MVTec AD category {', '.join(unknown) or repr(text)}; "
+                            f"choose from: {', '.join(MVTEC_URLS)}")
+    return list(dict.fromkeys(categories))
+
+
+def download_mvtec(data_dir: Path | str, categories: Sequence[str] = tuple(MVTEC_URLS),
+                   mirrors: Sequence[str] = (), from_path: Path | str | None = None,
+                   options: FetchOptions | None = None) -> Path:
+    """Put MVTec AD categories into <data_dir>/mvtec/<category>/ (train/, test/, ground_truth/).
+
+    MVTec publishes no checksums: each archive must read to its end (xz's integrity checks)
+    and hold the category's train/good/, test/ and ground_truth/ folders.
+    """
+    archives = [Archive(f"{category}.tar.xz",
+                        (*(archive_url(m, f"{category}.tar.xz") for m in mirrors),
+                         MVTEC_URLS[category]),
+                        layout=tar_layout_verifier(category, MVTEC_LAYOUT))
+                for category in categories]
+    return install_archives(Path(data_dir) / "mvtec", archives, from_path, options)
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -685,9 +763,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Download, verify and extract datasets into <data_dir>/<name>/.")
     parser.add_argument("datasets", nargs="+", type=dataset_name, choices=DATASETS,
-                        metavar="{mnist,celebA,lsun}", help="datasets to fetch (any case)")
+                        metavar="{mnist,celebA,lsun,mvtec}", help="datasets to fetch (any case)")
     parser.add_argument("--data_dir", default="data", help="where datasets live (default: data)")
-    parser.add_argument("--category", default="bedroom", help="LSUN category (default: bedroom)")
+    parser.add_argument("--category", default=None,
+                        help="LSUN category (default: bedroom); MVTec AD categories, a comma "
+                             "list (default: all 15)")
     parser.add_argument("--mirror", action="append", default=[], type=http_url, metavar="URL",
                         help="extra mirror tried before the built-in ones (repeatable); "
                              "a folder URL gets the file name appended")
@@ -705,7 +785,10 @@ def install(name: str, args: argparse.Namespace, options: FetchOptions) -> Path:
                               from_path=args.from_path, options=options)
     if name == "celebA":
         return download_celeba(args.data_dir, args.mirror, args.from_path, options=options)
-    return download_lsun(args.data_dir, args.category, args.mirror, args.from_path,
+    if name == "mvtec":
+        return download_mvtec(args.data_dir, mvtec_categories(args.category), args.mirror,
+                              args.from_path, options=options)
+    return download_lsun(args.data_dir, args.category or "bedroom", args.mirror, args.from_path,
                          options=options)
 
 

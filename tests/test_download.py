@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import download
 
@@ -383,3 +384,92 @@ def test_drive_quota_page_is_a_source_error(server, options):
 def test_drive_binary_reply_is_the_file(server, options):
     server.add("/uc?id=abc", b"PK\x03\x04")
     assert download.confirm_drive_download(server.url("/uc?id=abc"), options).endswith("id=abc")
+
+
+def mvtec_tar_xz(path, category="bottle", extra=()):
+    """A small .tar.xz laid out as an MVTec AD category archive (plus ``extra`` members)."""
+    def png(value):
+        out = io.BytesIO()
+        Image.fromarray(np.full((8, 8), value, np.uint8)).save(out, format="PNG")
+        return out.getvalue()
+
+    files = {f"{category}/license.txt": b"CC BY-NC-SA 4.0",
+             f"{category}/train/good/000.png": png(10),
+             f"{category}/test/good/000.png": png(12),
+             f"{category}/test/broken/000.png": png(200),
+             f"{category}/ground_truth/broken/000_mask.png": png(255)}
+    with tarfile.open(path, "w:xz") as tar:
+        for name, body in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+        for member, body in extra:
+            tar.addfile(member, io.BytesIO(body))
+    return path
+
+
+def test_mvtec_category_fetched_verified_and_extracted(tmp_path, server, options, capsys):
+    body = mvtec_tar_xz(tmp_path / "bottle.tar.xz").read_bytes()
+    server.add("/mvtec/bottle.tar.xz", body)
+    target = download.download_mvtec(tmp_path / "data", ["bottle"], [server.url("/mvtec/")],
+                                     options=options)
+    category = target / "bottle"
+    assert (category / "train" / "good" / "000.png").is_file()
+    assert (category / "ground_truth" / "broken" / "000_mask.png").is_file()
+    assert not list(target.glob("*.tar.xz*"))
+    download.download_mvtec(tmp_path / "data", ["bottle"], [server.url("/mvtec/")],
+                            options=options)
+    assert "bottle.tar.xz found" in capsys.readouterr().out
+    assert len(server.requests) == 1
+
+
+def test_mvtec_corrupt_archive_is_refused_and_nothing_kept(tmp_path, server, closed_url,
+                                                          options, monkeypatch):
+    monkeypatch.setitem(download.MVTEC_URLS, "bottle", closed_url + "bottle.tar.xz")
+    body = bytearray(mvtec_tar_xz(tmp_path / "bottle.tar.xz").read_bytes())
+    body[len(body) // 2] ^= 0xFF  # one flipped byte: xz's integrity checks catch it
+    server.add("/mvtec/bottle.tar.xz", bytes(body))
+    wrong = tmp_path / "wrong.tar.xz"
+    with tarfile.open(wrong, "w:xz") as tar:
+        tar.addfile(tarfile.TarInfo("other/readme.txt"), io.BytesIO(b""))
+    server.add("/other/bottle.tar.xz", wrong.read_bytes())
+    server.add("/cut/bottle.tar.xz", bytes(body[:-200]))
+    with pytest.raises(download.DownloadError) as error:
+        download.download_mvtec(tmp_path / "data", ["bottle"],
+                                [server.url(f"/{m}/") for m in ("mvtec", "other", "cut")],
+                                options=options)
+    message = str(error.value)
+    assert "/mvtec/bottle.tar.xz (bottle.tar.xz.part is not a" in message
+    assert "holds no bottle/train/good/" in message and "connection failed" in message
+    assert "/cut/bottle.tar.xz (bottle.tar.xz.part is not a complete tar archive" in message
+    assert [p.name for p in (tmp_path / "data" / "mvtec").iterdir()] == []
+
+
+def test_mvtec_entry_escaping_the_target_is_refused(tmp_path, server, options):
+    evil = tarfile.TarInfo("../evil.txt")
+    evil.size = 4
+    body = mvtec_tar_xz(tmp_path / "bottle.tar.xz", extra=[(evil, b"evil")]).read_bytes()
+    server.add("/mvtec/bottle.tar.xz", body)
+    with pytest.raises(download.DownloadError, match="refusing to extract .*'../evil.txt'"):
+        download.download_mvtec(tmp_path / "data", ["bottle"], [server.url("/mvtec/")],
+                                options=options)
+    assert not list(tmp_path.rglob("evil.txt"))
+    assert not (tmp_path / "data" / "mvtec" / "bottle").exists()
+
+
+def test_mvtec_cli_categories_from_a_local_folder(tmp_path, capsys):
+    local = tmp_path / "archives"
+    local.mkdir()
+    for category in ("bottle", "carpet"):
+        mvtec_tar_xz(local / f"{category}.tar.xz", category)
+    data = tmp_path / "data"
+    assert download.main(["mvtec", "--category", "Bottle,carpet", "--from", str(local),
+                          "--data_dir", str(data)]) == 0
+    assert sorted(p.name for p in (data / "mvtec").iterdir() if not p.name.startswith(".")) == [
+        "bottle", "carpet"]
+    assert download.main(["mvtec", "--category", "bottel", "--data_dir", str(data)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown MVTec AD category bottel; choose from: bottle," in err
+    assert set(download.MVTEC_URLS) == {
+        "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
+        "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper"}

@@ -72,7 +72,8 @@ def build_parser():
     data = p.add_argument_group("data").add_argument
     data("--dataset", default="celebA", help="mnist, or a folder name under --data_dir")
     data("--data_dir", default="data", help="where datasets live")
-    data("--input_fname_pattern", default="*.jpg", help="glob of the image files")
+    data("--input_fname_pattern", default=None,
+         help="glob of the training images [*.jpg; *.png for an MVTec AD-style folder]")
     data("--input_height", type=int, default=None,
          help="crop height (with --crop) [108; 28 for mnist]")
     data("--input_width", type=int, default=None, help="crop width [input_height]")
@@ -105,7 +106,12 @@ def build_parser():
     fit("--seed", type=int, default=0, help="seed of numpy and TensorFlow")
 
     test = p.add_argument_group("anomaly test").add_argument
-    test("--test_dir", default="test_data", help="images to score (subfolders give labels)")
+    test("--test_dir", default=None,
+         help="images to score (subfolders give labels) [test_data; the dataset's test/ for an "
+              "MVTec AD-style folder]")
+    test("--mask_dir", default=None,
+         help="ground-truth masks <defect>/<stem>_mask.png for pixel-level metrics "
+              "[ground_truth/ beside --test_dir]")
     test("--test_size", type=int, default=None, help="cap on the number of test images")
     test("--test_batch_size", type=int, default=64, help="test images searched together")
     test("--z_init", choices=model.Z_INITS, default="random",
@@ -123,6 +129,9 @@ def build_parser():
     test("--ano_lambda", type=float, default=0.1, help="lambda of the anogan score")
     test("--dis_loss", choices=model.DIS_LOSSES, default="feature",
          help="discrimination loss of the anogan score")
+    test("--image_score", choices=utils.IMAGE_SCORES, default="sum",
+         help="sum: the --score (the original); top1: mean of the top 1%% of the residual map; "
+              "smoothmax: maximum of the residual map smoothed with sigma 2 (small defects)")
     test("--threshold", type=threshold_value, default="auto", help="a score, or auto")
 
     out = p.add_argument_group("outputs").add_argument
@@ -148,6 +157,15 @@ def is_mnist(args):
     return args.dataset.lower() == "mnist"
 
 
+def dataset_folder(args):
+    return Path(args.data_dir) / args.dataset
+
+
+def is_mvtec(args):
+    """Whether the dataset is an MVTec AD-style folder: train/good/ and test/."""
+    return not is_mnist(args) and utils.is_mvtec_folder(dataset_folder(args))
+
+
 def resolve(args):
     """Fills derived defaults and rejects contradictory flags (raises UsageError).
 
@@ -160,6 +178,10 @@ def resolve(args):
     args.output_width = args.output_width or args.output_height
     if args.y_dim is None:
         args.y_dim = 10 if is_mnist(args) and args.normal_class is None else 0
+    mvtec = is_mvtec(args)
+    args.input_fname_pattern = args.input_fname_pattern or ("*.png" if mvtec else "*.jpg")
+    args.test_dir = args.test_dir or str(dataset_folder(args) / "test" if mvtec else "test_data")
+    args.mask_dir = args.mask_dir or str(Path(args.test_dir).parent / "ground_truth")
     checks = [
         (not (args.train or args.train_encoder or args.anomaly_test or args.visualize),
          "nothing to do: pass --train, --train_encoder, --anomaly_test or --visualize"),
@@ -210,7 +232,8 @@ def search_config(args):
 
 def model_dir(args):
     """The original's checkpoint sub-folder name, plus the normal digits when one-class."""
-    name = f"{args.dataset}_{args.batch_size}_{args.output_height}_{args.output_width}"
+    dataset = args.dataset.replace("/", "_").replace("\\", "_")
+    name = f"{dataset}_{args.batch_size}_{args.output_height}_{args.output_width}"
     if args.normal_class is not None:
         name += "_normal" + "".join(str(d) for d in args.normal_class)
     return name
@@ -238,7 +261,7 @@ def training_source(args, check=True):
     """
     if is_mnist(args):
         return utils.mnist_source(mnist_folder(args), "train", args.normal_class)
-    folder = Path(args.data_dir) / args.dataset
+    folder = dataset_folder(args) / "train" / "good" if is_mvtec(args) else dataset_folder(args)
     if not folder.is_dir():
         raise utils.DataError(f"dataset folder {folder} not found: put images there or run "
                               f"`python download.py {args.dataset}`")
@@ -364,7 +387,8 @@ def test_source(args, channels):
     if Path(args.test_dir).exists() and not Path(args.test_dir).is_dir():
         raise utils.DataError(f"--test_dir {args.test_dir} is not a folder")
     if Path(args.test_dir).is_dir():
-        source = utils.test_folder_source(args.test_dir, result_dir, channels, crop_size(args))
+        source = utils.test_folder_source(args.test_dir, result_dir, channels, crop_size(args),
+                                          args.mask_dir)
         if len(source):
             return source
     if is_mnist(args):
@@ -380,8 +404,11 @@ def score_source(dcgan, source, args, report=None):
     batches = math.ceil(len(source) / args.test_batch_size)
     scores = []
     for images, result in dcgan.score_batches(dataset, args.search_config, batches, args.seed):
+        maps = utils.anomaly_maps(images, result.final, dcgan.config.value_range)
+        if args.image_score != "sum":
+            result.score = utils.map_scores(maps, args.image_score)
         if report is not None:
-            report.add(images, result)
+            report.add(images, result, maps)
         scores.append(result.score)
     return np.concatenate(scores)
 
@@ -429,7 +456,8 @@ def score_and_report(args, dcgan, result_dir):
     """Scores the test images and writes every output into ``result_dir``."""
     source = utils.limit_source(test_source(args, dcgan.config.c_dim), args.test_size,
                                 args.seed)
-    report = utils.AnomalyReport(result_dir, source, dcgan.config.value_range)
+    report = utils.AnomalyReport(result_dir, source, dcgan.config.value_range,
+                                 mask_spec=image_spec(args, dcgan.config))
     restarts = f" from {args.test_restarts} starting points" if args.test_restarts > 1 else ""
     start = "E(x)" if args.z_init == "encoder" else "U(-1, 1)"
     print(f"scoring {len(source)} images from z = {start}, {args.test_epoch} search steps "
@@ -441,6 +469,7 @@ def score_and_report(args, dcgan, result_dir):
     metrics = report.finish(threshold, threshold_source, {
         "seconds": round(seconds, 3), "images_per_second": round(len(source) / seconds, 3),
         "test_epoch": args.test_epoch, "z_init": args.z_init, "score": args.score,
+        "image_score": args.image_score,
         "ano_lambda": args.ano_lambda, "encoder_kappa": args.encoder_kappa,
         "test_learning_rate": args.test_learning_rate, "test_restarts": args.test_restarts,
         "test_clip_z": args.test_clip_z, "gan_steps": dcgan.steps_done,

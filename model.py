@@ -185,6 +185,11 @@ class SearchResult:
     z: np.ndarray
     snapshots: dict
 
+    @property
+    def final(self):
+        """G(z) at the search's last step."""
+        return self.snapshots[max(self.snapshots)]
+
     def split(self, parts):
         """``parts`` results of consecutive equal slices of the batch."""
         def cut(values):

@@ -74,6 +74,20 @@ def center_crop_box(width, height, crop_w, crop_h):
     return left, top, left + crop_w, top + crop_h
 
 
+def prepared(image, path, input_size, output_size, crop, resample):
+    """The Pillow ``image`` (read from ``path``) centre-cropped to ``input_size`` (h, w) with
+    ``crop``, then resized to ``output_size`` with ``resample``; DataError when it is smaller
+    than the crop."""
+    if crop:
+        crop_h, crop_w = input_size
+        if image.width < crop_w or image.height < crop_h:
+            raise DataError(f"{path}: image is {image.width}x{image.height}, smaller than "
+                            f"the crop {crop_w}x{crop_h}")
+        image = image.crop(center_crop_box(image.width, image.height, crop_w, crop_h))
+    out_h, out_w = output_size
+    return image if image.size == (out_w, out_h) else image.resize((out_w, out_h), resample)
+
+
 def load_image(path, input_size, output_size, crop, channels, value_range=(-1.0, 1.0)):
     """Reads an image as float32 (h, w, c) in ``value_range``.
 
@@ -81,18 +95,21 @@ def load_image(path, input_size, output_size, crop, channels, value_range=(-1.0,
     ``output_size``; without it the whole image is resized, as in the original.
     """
     with Image.open(path) as image:
-        image = image.convert("L" if channels == 1 else "RGB")
-        if crop:
-            crop_h, crop_w = input_size
-            if image.width < crop_w or image.height < crop_h:
-                raise DataError(f"{path}: image is {image.width}x{image.height}, smaller than "
-                                f"the crop {crop_w}x{crop_h}")
-            image = image.crop(center_crop_box(image.width, image.height, crop_w, crop_h))
-        out_h, out_w = output_size
-        if image.size != (out_w, out_h):
-            image = image.resize((out_w, out_h), Image.BICUBIC)
-        array = np.asarray(image, dtype=np.float32).reshape(out_h, out_w, channels)
+        image = prepared(image.convert("L" if channels == 1 else "RGB"), path, input_size,
+                         output_size, crop, Image.BICUBIC)
+        array = np.asarray(image, dtype=np.float32).reshape(*output_size, channels)
     return scale_pixels(array, value_range)
+
+
+def load_mask(path, spec):
+    """A ground-truth mask as a boolean (h, w) array at the model's size: cropped as the images
+    are, resized by nearest neighbour; all False for ``path`` None (a normal image)."""
+    if path is None:
+        return np.zeros(spec.output_size, bool)
+    with Image.open(path) as image:
+        mask = prepared(image.convert("L"), path, spec.input_size, spec.output_size, spec.crop,
+                        Image.NEAREST)
+        return np.asarray(mask) > 127
 
 
 def scale_pixels(pixels, value_range):
@@ -204,7 +221,8 @@ class ImageSource:
     """Images to train on or to score: files on disk, or uint8 arrays in memory.
 
     ``classes`` are MNIST digits (the condition of a class-conditional model) or None;
-    ``labels`` are anomaly labels (0 normal, 1 anomalous, -1 unknown) or None.
+    ``labels`` are anomaly labels (0 normal, 1 anomalous, -1 unknown) or None; ``masks`` the
+    ground-truth mask file of each image (None: all normal), or None when there are none.
     """
 
     names: list
@@ -213,6 +231,7 @@ class ImageSource:
     arrays: np.ndarray = None
     classes: np.ndarray = None
     labels: np.ndarray = None
+    masks: list = None
 
     def __len__(self):
         return len(self.names)
@@ -225,7 +244,8 @@ class ImageSource:
             files=None if self.files is None else [self.files[i] for i in indices],
             arrays=None if self.arrays is None else self.arrays[indices],
             classes=None if self.classes is None else self.classes[indices],
-            labels=None if self.labels is None else self.labels[indices])
+            labels=None if self.labels is None else self.labels[indices],
+            masks=None if self.masks is None else [self.masks[i] for i in indices])
 
 
 @dataclass(frozen=True)
@@ -356,6 +376,11 @@ def split_holdout(source, seed):
 NORMAL_FOLDERS = ("normal", "good")
 
 
+def is_mvtec_folder(folder):
+    """Whether ``folder`` is laid out as an MVTec AD category: train/good/ and test/."""
+    return (Path(folder) / "train" / "good").is_dir() and (Path(folder) / "test").is_dir()
+
+
 RESULT_MARKERS = ("metrics.json", ".scores.partial.csv")
 
 
@@ -364,11 +389,13 @@ def is_result_folder(folder):
     return any((Path(folder) / marker).exists() for marker in RESULT_MARKERS)
 
 
-def test_folder_source(test_dir, exclude, channels, crop_size=None):
+def test_folder_source(test_dir, exclude, channels, crop_size=None, mask_dir=None):
     """Images under ``test_dir`` (not under ``exclude`` or earlier result folders).
 
     A first folder named normal/good gives label 0, any other folder 1, and images directly
-    in ``test_dir`` are unlabelled (-1). Images are read with the model's ``channels``.
+    in ``test_dir`` are unlabelled (-1). Images are read with the model's ``channels``. With a
+    ``mask_dir`` laid out as MVTec AD's ground_truth/ (``<defect>/<stem>_mask.png``), each
+    image gets its mask (None for normal images and those without one).
     """
     test_dir, exclude = Path(test_dir), Path(exclude).resolve()
     if not test_dir.is_dir():
@@ -389,8 +416,24 @@ def test_folder_source(test_dir, exclude, channels, crop_size=None):
     names = [p.relative_to(test_dir).as_posix() for p in files]
     labels = [-1 if "/" not in name else
               0 if name.split("/")[0].lower() in NORMAL_FOLDERS else 1 for name in names]
+    masks = None
+    if mask_dir is not None and Path(mask_dir).is_dir():
+        masks = [mask_file(mask_dir, name) if label == 1 else None
+                 for name, label in zip(names, labels)]
+        masks = masks if any(masks) else None
     return ImageSource(names=names, channels=channels, files=[str(p) for p in files],
-                       labels=np.asarray(labels, np.int64))
+                       labels=np.asarray(labels, np.int64), masks=masks)
+
+
+def mask_file(mask_dir, name):
+    """MVTec AD's ground-truth mask of test image ``name`` (``<defect>/<stem>.png``), or None."""
+    path = Path(mask_dir) / Path(name).parent / f"{Path(name).stem}_mask.png"
+    return str(path) if path.is_file() else None
+
+
+def defect_type(name):
+    """The first folder of a test image's relative name ('' for one directly in the folder)."""
+    return name.split("/")[0] if "/" in name else ""
 
 
 def mnist_test_source(folder, normal_class=None):
@@ -434,6 +477,60 @@ def residual_map(images, fakes, value_range):
     return np.abs(np.asarray(images) - np.asarray(fakes)) / (high - low)
 
 
+def anomaly_maps(images, fakes, value_range):
+    """The per-pixel residual |x - G(z)| averaged over channels, in [0, 1]: (n, h, w)."""
+    return residual_map(images, fakes, value_range).mean(axis=-1)
+
+
+IMAGE_SCORES = ("sum", "top1", "smoothmax")
+
+
+def map_scores(maps, kind):
+    """Image scores of anomaly maps (n, h, w) that fit small defects.
+
+    'top1': the mean of each map's top 1 % pixels; 'smoothmax': the maximum of the map
+    smoothed by a Gaussian of sigma 2 pixels.
+    """
+    if kind == "top1":
+        flat_maps = maps.reshape(len(maps), -1)
+        count = max(1, round(flat_maps.shape[1] * 0.01))
+        return np.partition(flat_maps, -count, axis=1)[:, -count:].mean(axis=1)
+    if kind == "smoothmax":
+        from scipy.ndimage import gaussian_filter
+
+        return np.array([gaussian_filter(m, sigma=2.0).max() for m in maps], np.float32)
+    raise ValueError(f"--image_score must be one of {IMAGE_SCORES}, not {kind!r}")
+
+
+class PixelROC:
+    """ROC AUC over every pixel of every test image, streamed in flat memory.
+
+    Per-pixel scores in [0, 1] are counted into ``bins`` equal bins, for defective and for
+    normal pixels; pairs within one bin count as ties (half), so the AUC is exact at the bins'
+    resolution (1/4096 of the range by default).
+    """
+
+    def __init__(self, bins=4096):
+        self.bins = bins
+        self.defective = np.zeros(bins, np.int64)
+        self.normal = np.zeros(bins, np.int64)
+
+    def add(self, maps, masks):
+        """Counts the pixels of ``maps`` (n, h, w) in [0, 1] by their masks (n, h, w) bool."""
+        index = np.clip((np.asarray(maps) * self.bins).astype(np.int64), 0, self.bins - 1)
+        self.defective += np.bincount(index[masks], minlength=self.bins)
+        self.normal += np.bincount(index[~masks], minlength=self.bins)
+
+    def auc(self):
+        """The ROC AUC, or None unless both kinds of pixel were seen."""
+        defective, normal = self.defective.sum(), self.normal.sum()
+        if not defective or not normal:
+            return None
+        below = np.cumsum(self.normal) - self.normal
+        return float((self.defective * (below + 0.5 * self.normal)).sum()
+                     / (float(defective) * float(normal)))
+
+
 def heat_overlay(image, residual):
     """The input in gray with its residual in red on top (the paper's figure), in [0, 1]."""
     gray = np.repeat(image.mean(axis=-1, keepdims=True), 3, axis=-1)
@@ -448,14 +545,18 @@ class AnomalyReport:
 
     Per image it writes the original's AD_/AD_error_ PNGs at once; scores go to a hidden
     partial CSV as they come, and ``finish`` writes scores.csv (with ``is_anomaly``),
-    metrics.json and the plots atomically. Memory stays flat: only scalars, final z and the
-    few worst images for the overview are kept.
+    metrics.json and the plots atomically. When the source has ground-truth masks,
+    ``mask_spec`` (the images' ``ImageSpec``) reads them batch by batch for the pixel-level ROC
+    AUC. Memory stays flat: only scalars, final z, pixel histograms and the few worst images
+    for the overview are kept.
     """
 
-    def __init__(self, result_dir, source, value_range, overview_rows=8):
+    def __init__(self, result_dir, source, value_range, overview_rows=8, mask_spec=None):
         self.result_dir = Path(result_dir)
         self.result_dir.mkdir(parents=True, exist_ok=True)
         self.source, self.value_range, self.overview_rows = source, value_range, overview_rows
+        self.mask_spec = mask_spec if source.masks is not None else None
+        self.pixels = PixelROC()
         self.partial_path = self.result_dir / ".scores.partial.csv"
         self.partial = open(self.partial_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
         self.partial_csv = csv.writer(self.partial)
@@ -470,8 +571,9 @@ class AnomalyReport:
         low, high = self.value_range
         return (np.asarray(images) - low) / (high - low)
 
-    def add(self, images, result):
-        """Records one batch: its inputs (in the model's value range) and ``SearchResult``."""
+    def add(self, images, result, maps=None):
+        """Records one batch: its inputs (in the model's value range), ``SearchResult`` and
+        anomaly maps of the final G(z) (``anomaly_maps``; computed when not given)."""
         start = len(self)
         names = self.source.names[start:start + len(images)]
         labels = self._labels()[start:start + len(images)]
@@ -488,7 +590,11 @@ class AnomalyReport:
         self.residuals.append(result.residual)
         self.discriminations.append(result.discrimination)
         self.z.append(result.z)
-        final = result.snapshots[max(result.snapshots)]
+        final = result.final
+        if self.mask_spec is not None:
+            maps = anomaly_maps(images, final, self.value_range) if maps is None else maps
+            masks = self.source.masks[start:start + len(images)]
+            self.pixels.add(maps, np.stack([load_mask(m, self.mask_spec) for m in masks]))
         for offset, score in enumerate(result.score):
             score = float(score) if np.isfinite(score) else -np.inf
             entry = (score, start + offset, images[offset], final[offset])
@@ -536,6 +642,9 @@ class AnomalyReport:
         metrics = {"n": len(scores), "n_anomalous": int(flagged.sum()),
                    "n_labelled_anomalous": int((labels == 1).sum()),
                    **evaluate(scores, labels, flagged),
+                   "pixel_roc_auc": self.pixels.auc(),
+                   "per_type_roc_auc": per_type_roc_auc(self.source.names[:len(scores)], scores,
+                                                        labels),
                    "threshold": float(threshold), "threshold_source": threshold_source,
                    **extra, "non_finite": self.non_finite()}
         write_text(self.result_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -549,7 +658,7 @@ class AnomalyReport:
     def _plots(self, scores, labels, threshold, metrics):
         plot_histogram(scores, labels, threshold, self.result_dir / "scores_hist.png")
         plot_overview(sorted(self.worst, reverse=True), self.source, self.value_range,
-                      self.result_dir / "overview.png")
+                      self.result_dir / "overview.png", self.mask_spec)
         known = labels >= 0
         if metrics["roc_auc"] is not None:
             plot_roc(scores[known], labels[known], metrics["roc_auc"],
@@ -600,6 +709,21 @@ def evaluate(scores, labels, flagged):
         return {"roc_auc": None, "pr_auc": None, "f1": None}
     return {"roc_auc": float(roc_auc_score(y, s)), "pr_auc": float(average_precision_score(y, s)),
             "f1": float(f1_score(y, flagged[known]))}
+
+
+def per_type_roc_auc(names, scores, labels):
+    """Image-level ROC AUC of the normal images against each defect type (first folder), or
+    None without both normal and anomalous images."""
+    from sklearn.metrics import roc_auc_score
+
+    types = np.array([defect_type(name) for name in names])
+    finite = np.isfinite(scores)
+    normal = finite & (labels == 0)
+    defects = sorted(set(types[finite & (labels == 1)]))
+    if not normal.any() or not defects:
+        return None
+    return {kind: float(roc_auc_score(labels[chosen], scores[chosen]))
+            for kind in defects for chosen in [normal | (finite & (types == kind))]}
 
 
 def save_figure(figure, path):
@@ -660,8 +784,9 @@ def plot_tsne(z, labels, path, limit=2000, seed=0):
     save_figure(figure, path)
 
 
-def plot_overview(worst, source, value_range, path):
-    """Input | G(z) | residual heat map for the most anomalous images, worst first."""
+def plot_overview(worst, source, value_range, path, mask_spec=None):
+    """Input | G(z) | residual heat map for the most anomalous images, worst first; with
+    ``mask_spec``, each ground-truth mask's outline on the heat map."""
     low, high = value_range
     figure, axes = plt.subplots(len(worst), 3, figsize=(6, 2 * len(worst)), squeeze=False)
     for row, (score, index, image, fake) in zip(axes, worst):
@@ -674,5 +799,9 @@ def plot_overview(worst, source, value_range, path):
             axis.set_xticks([])
             axis.set_yticks([])
             axis.set_title(title, fontsize=8)
+        mask = source.masks[index] if mask_spec is not None else None
+        if mask is not None:
+            row[2].contour(load_mask(mask, mask_spec), levels=[0.5], colors="cyan",
+                           linewidths=0.8)
         row[0].set_ylabel(f"{source.names[index]}\nscore {score:.4g}", fontsize=7)
     save_figure(figure, path)

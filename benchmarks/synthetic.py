@@ -1,0 +1,76 @@
+"""A generated MVTec AD-style texture category with small local defects and their masks.
+
+    folder/train/good/NNN.png, folder/test/good/NNN.png,
+    folder/test/<defect>/NNN.png, folder/ground_truth/<defect>/NNN_mask.png
+
+Normal images are oriented stripes (a random phase, a small random angle) with pixel noise;
+defects are a bright spot (a disc) or a dark scratch (a thin line segment) covering about 1 %
+of the image, at a random place. Imported by the tests and the benchmarks; numpy and Pillow
+only.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+DEFECTS = ("spot", "scratch")
+
+
+def texture(size, rng):
+    """A normal image: stripes of period size/4 at a random phase and slight tilt, noisy."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    angle = rng.uniform(-0.2, 0.2)
+    phase = rng.uniform(0, 2 * np.pi)
+    stripes = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / (size / 4) + phase)
+    image = 0.5 + 0.25 * stripes + rng.normal(0, 0.03, (size, size))
+    return np.clip(image, 0, 1)
+
+
+def defect_mask(kind, size, rng):
+    """The boolean mask of one defect of ``kind`` (about 1 % of the image) at a random place."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    cy, cx = rng.uniform(0.2 * size, 0.8 * size, 2)
+    if kind == "spot":
+        radius = max(1.5, 0.06 * size)
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+    angle = rng.uniform(0, np.pi)
+    along = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
+    across = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
+    return (np.abs(across) <= max(0.6, 0.012 * size)) & (np.abs(along) <= 0.3 * size)
+
+
+def with_defect(image, kind, mask):
+    """``image`` with the defect drawn where ``mask`` is: bright spots, dark scratches."""
+    image = image.copy()
+    image[mask] = 1.0 if kind == "spot" else 0.0
+    return image
+
+
+def save(array, path, mode):
+    """Saves a [0, 1] array as an 8-bit PNG in ``mode`` ('L', or 'RGB' tinted)."""
+    pixels = np.clip(np.rint(array * 255), 0, 255).astype(np.uint8)
+    if mode == "RGB":
+        pixels = np.stack([pixels, (pixels * 0.9).astype(np.uint8), (pixels * 0.7).astype(
+            np.uint8)], axis=-1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, mode).save(path)
+
+
+def write_texture_set(folder, size=32, train=64, test_good=16, test_defects=16, mode="L",
+                      seed=0):
+    """Writes the category into ``folder``; ``test_defects`` images of each defect type."""
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    for index in range(train):
+        save(texture(size, rng), folder / "train" / "good" / f"{index:03d}.png", mode)
+    for index in range(test_good):
+        save(texture(size, rng), folder / "test" / "good" / f"{index:03d}.png", mode)
+    for kind in DEFECTS:
+        for index in range(test_defects):
+            mask = defect_mask(kind, size, rng)
+            save(with_defect(texture(size, rng), kind, mask),
+                 folder / "test" / kind / f"{index:03d}.png", mode)
+            save(mask.astype(np.float32), folder / "ground_truth" / kind / f"{index:03d}_mask.png",
+                 "L")
+    return folder

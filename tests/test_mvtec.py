@@ -1,0 +1,124 @@
+"""MVTec AD-style folders: train/good for training, test/ with ground-truth masks, pixel metrics."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+import main
+import model
+import utils
+from benchmarks import synthetic
+
+FLAGS = ["--dataset", "mvtec/tex", "--output_height", "32", "--batch_size", "8",
+         "--z_dim", "16", "--gf_dim", "8", "--df_dim", "8", "--learning_rate", "0.002"]
+
+
+@pytest.fixture(scope="module")
+def category(tmp_path_factory):
+    """A textured category with spot and scratch defects, a GAN trained on it, and its encoder."""
+    root = tmp_path_factory.mktemp("mvtec")
+    synthetic.write_texture_set(root / "data" / "mvtec" / "tex", size=32, train=48,
+                                test_good=6, test_defects=5, mode="RGB")
+    flags = [*FLAGS, "--data_dir", str(root / "data"), "--checkpoint_dir",
+             str(root / "checkpoint"), "--sample_dir", str(root / "samples"), "--log_dir",
+             str(root / "logs")]
+    assert main.main([*flags, "--epoch", "4", "--encoder_epoch", "1", "--train",
+                      "--train_encoder"]) == 0
+    return root, flags
+
+
+def read_scores(result_dir):
+    with open(result_dir / "scores.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_mvtec_folder_trains_on_good_and_scores_its_test_split_with_masks(category):
+    root, flags = category
+    assert (root / "checkpoint" / "mvtec_tex_8_32_32" / "config.json").exists()
+    assert main.main([*flags, "--anomaly_test", "--test_epoch", "3"]) == 0
+    result_dir = root / "data" / "mvtec" / "tex" / "test" / "test_result"
+    rows = read_scores(result_dir)
+    assert len(rows) == 16
+    assert {r["file"].split("/")[0] for r in rows} == {"good", "spot", "scratch"}
+    assert [r["label"] for r in rows].count("0") == 6
+    metrics = json.loads((result_dir / "metrics.json").read_text())
+    assert metrics["pixel_roc_auc"] > 0.75
+    assert set(metrics["per_type_roc_auc"]) == {"spot", "scratch"}
+    assert metrics["image_score"] == "sum"
+    for row in rows:  # the original's AD_ outputs stay as they were
+        stem = row["file"].replace("/", "_").rsplit(".", 1)[0]
+        assert Image.open(result_dir / f"AD_error_3_{stem}.png").size == (32, 32)
+    assert Image.open(result_dir / "overview.png").size[0] > 100
+
+
+def test_map_based_image_scores_with_the_encoder(category):
+    root, flags = category
+    for kind in ("top1", "smoothmax"):
+        assert main.main([*flags, "--anomaly_test", "--z_init", "encoder", "--test_epoch", "0",
+                          "--image_score", kind, "--test_result_dir", kind]) == 0
+        result_dir = root / "data" / "mvtec" / "tex" / "test" / kind
+        metrics = json.loads((result_dir / "metrics.json").read_text())
+        assert metrics["image_score"] == kind and metrics["z_init"] == "encoder"
+        assert metrics["pixel_roc_auc"] > 0.75
+        rows = read_scores(result_dir)
+        for row in rows[:4]:  # the score is that statistic of the (8-bit) residual map
+            stem = row["file"].replace("/", "_").rsplit(".", 1)[0]
+            error = np.asarray(Image.open(result_dir / f"AD_error_0_{stem}.png"), np.float32)
+            maps = (error / 255.0).mean(axis=-1)[None]
+            assert float(row["anomaly_score"]) == pytest.approx(
+                utils.map_scores(maps, kind)[0], abs=2 / 255)
+
+
+def test_pixel_roc_matches_sklearn_and_ignores_maps_blind_to_the_defect():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((6, 32, 32), bool)
+    masks[:3, 4:12, 5:13] = True
+    pointing = np.clip(0.3 * masks + rng.uniform(0, 0.5, masks.shape), 0, 1)
+    blind = rng.uniform(0, 1, masks.shape)
+    for maps, low, high in ((pointing, 0.85, 1.0), (blind, 0.42, 0.58)):
+        roc = utils.PixelROC()
+        for start in range(0, 6, 4):  # streamed in batches
+            roc.add(maps[start:start + 4], masks[start:start + 4])
+        expected = roc_auc_score(masks.ravel(), maps.ravel())
+        assert roc.auc() == pytest.approx(expected, abs=2e-3) and low < roc.auc() < high
+    assert utils.PixelROC().auc() is None
+
+
+def test_map_scores_favour_a_small_strong_defect_over_a_faint_everywhere_one():
+    small = np.zeros((1, 32, 32), np.float32)
+    small[0, 10:13, 10:13] = 0.9
+    faint = np.full((1, 32, 32), 0.05, np.float32)
+    assert faint.sum() > small.sum()  # the original's summed residual prefers the wrong one
+    for kind in ("top1", "smoothmax"):
+        assert utils.map_scores(small, kind)[0] > utils.map_scores(faint, kind)[0]
+    with pytest.raises(ValueError, match="--image_score"):
+        utils.map_scores(small, "median")
+
+
+def test_masks_are_cropped_and_resized_as_images_are(tmp_path):
+    mask = np.zeros((40, 40), np.uint8)
+    mask[18:22, 18:22] = 255
+    mask[0:4, 0:4] = 255  # outside the centre crop
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    cropped = utils.load_mask(tmp_path / "m.png", utils.ImageSpec((20, 20), (10, 10), crop=True))
+    assert cropped.shape == (10, 10) and cropped.dtype == bool
+    assert cropped.sum() == 4 and cropped[4:6, 4:6].all()
+    whole = utils.load_mask(tmp_path / "m.png", utils.ImageSpec((40, 40), (20, 20)))
+    assert whole[0:2, 0:2].all() and set(np.unique(whole)) == {False, True}
+    assert not utils.load_mask(None, utils.ImageSpec((40, 40), (20, 20))).any()
+
+
+def test_masks_found_beside_any_test_folder(tmp_path):
+    synthetic.write_texture_set(tmp_path / "set", size=16, train=1, test_good=2, test_defects=2)
+    source = utils.test_folder_source(tmp_path / "set" / "test", tmp_path / "none", 1,
+                                      mask_dir=tmp_path / "set" / "ground_truth")
+    assert [m is not None for m in source.masks] == [False] * 2 + [True] * 4
+    assert source.masks[2].endswith("ground_truth/scratch/000_mask.png")
+    assert source.subset([3, 0]).masks == [source.masks[3], None]
+    plain = utils.test_folder_source(tmp_path / "set" / "test", tmp_path / "none", 1)
+    assert plain.masks is None
+    assert model.SearchResult(*[np.zeros(1)] * 4, {0: 1, 5: 2}).final == 2

@@ -20,6 +20,7 @@ Several ``--encoder_epoch`` values (e.g. 1,3,10) train the encoder in turn and s
 """
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -60,6 +61,7 @@ def parse_args(argv=None):
     parser.add_argument("--c_learning_rate", type=float, default=0.001,
                         help="search learning rate of modes c (a keeps the original's 0.001)")
     parser.add_argument("--modes", default="a,b,c,b_izif")
+    parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--work_dir", default="out/mnist_one_class")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -73,8 +75,10 @@ def parse_args(argv=None):
 
 
 def run_main(flags):
-    """main.py in this process; exits on failure."""
-    status = anogan.main([str(flag) for flag in flags])
+    """main.py in this process, its output on stderr (stdout is for the JSON); exits on
+    failure."""
+    with contextlib.redirect_stdout(sys.stderr):
+        status = anogan.main([str(flag) for flag in flags])
     if status != 0:
         sys.exit(f"main.py {' '.join(map(str, flags))} failed with exit code {status}")
 
@@ -84,7 +88,7 @@ def checkpoint_root(args, epochs):
 
 
 def model_folder(args, digit, epochs):
-    return checkpoint_root(args, epochs) / f"mnist_64_28_28_normal{digit}"
+    return checkpoint_root(args, epochs) / f"mnist_{args.batch_size}_28_28_normal{digit}"
 
 
 def seed_from_shorter_training(args, digit):
@@ -131,6 +135,7 @@ def score(args, common_flags, digit, mode, encoder_epochs):
 def benchmark_digit(args, digit):
     common_flags = ["--dataset", "mnist", "--normal_class", digit, "--data_dir", args.data_dir,
                     "--checkpoint_dir", checkpoint_root(args, args.epochs), "--seed", args.seed,
+                    "--batch_size", args.batch_size,
                     "--sample_dir", Path(args.work_dir) / "samples" / f"d{digit}_e{args.epochs}",
                     "--log_dir", Path(args.work_dir) / "logs" / f"e{args.epochs}"]
     seed_from_shorter_training(args, digit)

@@ -44,7 +44,46 @@ def test_conv_layers_times_every_convolution_both_ways():
     assert all(ms > 0 for ms in figures["total_ms"].values())
 
 
-def test_scoring_memory_prints_peak_rss_per_size():
-    figures = run_benchmark("scoring_memory.py", "--sizes", "8", "16")
-    assert set(figures["peak_rss_mb"]) == {"8", "16"}
+@pytest.mark.parametrize("dataset", ["mnist", "mvtec"])
+def test_scoring_memory_prints_peak_rss_per_size(dataset):
+    figures = run_benchmark("scoring_memory.py", "--dataset", dataset, "--sizes", "8", "16")
+    assert figures["dataset"] == dataset and set(figures["peak_rss_mb"]) == {"8", "16"}
     assert figures["ratio"] > 0
+
+
+def test_mvtec_synthetic_prints_image_and_pixel_aucs(tmp_path):
+    figures = run_benchmark("mvtec_synthetic.py", "--size", "16", "--train", "16",
+                            "--test_good", "4", "--test_defects", "2", "--batch_size", "8",
+                            "--epochs", "1", "--encoder_epoch", "1", "--modes", "b",
+                            "--image_scores", "sum,top1", "--work_dir", str(tmp_path))
+    assert figures["test_images"] == 8
+    for name in ("b_sum", "b_top1"):
+        assert 0 <= figures[name]["roc_auc"] <= 1 and 0 <= figures[name]["pixel_roc_auc"] <= 1
+        assert set(figures[name]["per_type_roc_auc"]) == {"spot", "scratch"}
+
+
+def test_mnist_one_class_prints_each_modes_auc_and_reuses_checkpoints(tmp_path):
+    from conftest import write_mnist
+
+    write_mnist(tmp_path / "data" / "mnist", train_per_digit=12, test_per_digit=3)
+    flags = ["--data_dir", str(tmp_path / "data"), "--digits", "0,1", "--epochs", "1",
+             "--encoder_epoch", "1", "--test_size", "20", "--test_epoch", "2",
+             "--batch_size", "8", "--modes", "a,b,c", "--work_dir", str(tmp_path / "work")]
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "mnist_one_class.py"), *flags],
+                          capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    decoder, text, rows = json.JSONDecoder(), done.stdout.strip(), []
+    while text:
+        row, end = decoder.raw_decode(text)
+        rows.append(row)
+        text = text[end:].strip()
+    assert [row["digit"] for row in rows[:2]] == [0, 1]
+    for row in rows[:2]:
+        assert {"a", "b", "c"} <= set(row) and row["published_anogan_roc_auc"] > 0.8
+        assert all(0 <= row[mode]["roc_auc"] <= 1 for mode in "abc")
+    summary = rows[2]["summary"]
+    assert summary["digits"] == [0, 1] and set(summary["mean_roc_auc"]) == {"a", "b", "c"}
+    again = subprocess.run([sys.executable, str(BENCHMARKS / "mnist_one_class.py"), *flags,
+                            "--digits", "0"], capture_output=True, text=True, timeout=900,
+                           check=False)
+    assert again.returncode == 0 and "already trained" in again.stdout + again.stderr

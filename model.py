@@ -757,8 +757,8 @@ class DCGAN:
             return self.save_samples(sample_inputs, epoch, index, writer)
 
         return self._fit(lambda epoch: self._with_noise(dataset, seed + epoch), steps_per_epoch,
-                         self.train_config.epochs,
-                         self.train_step_fn(batch_size), lambda: self.steps_done, self.save, samples, "")
+                         self.train_config.epochs, self.train_step_fn(batch_size),
+                         lambda: self.steps_done, self.save, samples, "")
 
     def train_encoder(self, dataset, steps_per_epoch, batch_size, sample_images):
         """Trains E with G and D frozen until ``encoder_epochs`` epochs are done (izi_f loss).
@@ -797,10 +797,10 @@ class DCGAN:
         """The training loop of the GAN and of the encoder.
 
         ``epoch_batches(epoch)`` is the dataset of an epoch; ``step_fn`` one compiled step on a
-        batch, advancing ``steps_done()``; ``save()`` writes a checkpoint and ``samples(epoch, index,
-        writer)`` a sample grid (every ``sample_every`` steps, at the end of every epoch and
-        when training stops). Resumes from ``steps_done()``; stops between steps on SIGINT/SIGTERM
-        after saving. Returns the losses of each step of this run.
+        batch, advancing ``steps_done()``; ``save()`` writes a checkpoint and ``samples(epoch,
+        index, writer)`` a sample grid (every ``sample_every`` steps, at the end of every epoch
+        and when training stops). Resumes from ``steps_done()``; stops between steps on
+        SIGINT/SIGTERM after saving. Returns the losses of each step of this run.
         """
         cfg = self.train_config
         writer = (tf.summary.create_file_writer(cfg.log_dir) if self.is_chief

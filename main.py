@@ -96,11 +96,13 @@ def build_parser():
 
     fit = p.add_argument_group("training").add_argument
     fit("--epoch", type=int, default=25, help="epochs to train")
-    fit("--learning_rate", type=float, default=0.0002, help="Adam learning rate (G, D and E)")
+    fit("--learning_rate", type=float, default=0.0002, help="Adam learning rate of G and D")
     fit("--beta1", type=float, default=0.5, help="Adam beta1 (also of the latent search)")
     fit("--batch_size", type=int, default=64, help="training batch size")
     fit("--encoder_epoch", type=int, default=model.TrainConfig.encoder_epochs,
         help="epochs to train the encoder")
+    fit("--encoder_learning_rate", type=float,
+        default=model.TrainConfig.encoder_learning_rate, help="Adam learning rate of E")
     fit("--encoder_kappa", type=float, default=1.0,
         help="weight of the feature term of izi_f (encoder loss and --score izif)")
     fit("--seed", type=int, default=0, help="seed of numpy and TensorFlow")
@@ -220,7 +222,7 @@ def train_config(args):
         epochs=args.epoch, learning_rate=args.learning_rate, beta1=args.beta1,
         save_every=args.save_every, sample_every=args.sample_every, sample_dir=args.sample_dir,
         log_dir=str(Path(args.log_dir) / model_dir(args)), encoder_epochs=args.encoder_epoch,
-        encoder_kappa=args.encoder_kappa)
+        encoder_learning_rate=args.encoder_learning_rate, encoder_kappa=args.encoder_kappa)
 
 
 def search_config(args):

@@ -104,14 +104,16 @@ class TrainConfig:
     sample_every: int = 100
     sample_dir: str = "samples"
     log_dir: str = "logs"
-    encoder_epochs: int = 10
+    encoder_epochs: int = 3
+    encoder_learning_rate: float = 0.00005
     encoder_kappa: float = 1.0
 
     def __post_init__(self):
         check_fields([
             (self.epochs < 1, "--epoch must be positive"),
             (self.encoder_epochs < 1, "--encoder_epoch must be positive"),
-            (not self.learning_rate > 0, "learning rates must be > 0"),
+            (not min(self.learning_rate, self.encoder_learning_rate) > 0,
+             "learning rates must be > 0"),
             (not 0.0 <= self.beta1 < 1.0, "--beta1 must be in [0, 1)"),
             (self.save_every < 1 or self.sample_every < 1,
              "--save_every/--sample_every must be > 0"),
@@ -514,8 +516,8 @@ class DCGAN:
                                   else Discriminator)(config)
             self.encoder = Encoder(config)
             self.d_optim, self.g_optim, self.e_optim = (
-                keras.optimizers.Adam(self.train_config.learning_rate,
-                                      beta_1=self.train_config.beta1) for _ in range(3))
+                keras.optimizers.Adam(rate, beta_1=self.train_config.beta1)
+                for rate in self._learning_rates)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.encoder_step = tf.Variable(0, dtype=tf.int64, trainable=False,
                                             name="encoder_step")
@@ -534,6 +536,12 @@ class DCGAN:
         self.statistics_missing = False
         self._searches = {}
         self._lock_depth = 0
+
+    @property
+    def _learning_rates(self):
+        """The configured learning rates of D, G and E, in that order."""
+        cfg = self.train_config
+        return cfg.learning_rate, cfg.learning_rate, cfg.encoder_learning_rate
 
     def _build(self):
         """Creates every variable now, so that a restore fills them all at once."""
@@ -557,7 +565,8 @@ class DCGAN:
 
         Raises ``CheckpointError`` when the checkpoint was built with other shapes. A checkpoint
         written before batch-norm statistics were saved restores its weights and sets
-        ``statistics_missing`` (see ``estimate_statistics``).
+        ``statistics_missing`` (see ``estimate_statistics``). The optimisers keep their state
+        but take this configuration's learning rates.
         """
         latest = self.manager.latest_checkpoint
         if latest is None:
@@ -567,6 +576,9 @@ class DCGAN:
         encoder_latest = self.encoder_manager.latest_checkpoint
         if encoder_latest is not None:
             self._restore(self.encoder_checkpoint, encoder_latest)
+        for optimizer, rate in zip((self.d_optim, self.g_optim, self.e_optim),
+                                   self._learning_rates):
+            optimizer.learning_rate.assign(rate)  # the configuration's, not the checkpoint's
         return True
 
     def _check_config(self):

@@ -16,7 +16,8 @@ Prints one JSON object per digit (each mode's ROC AUC, PR AUC, images/s) and a s
 the published AnoGAN row (Ruff et al., Deep SVDD, ICML 2018, Table 1). Checkpoints and results
 are kept under ``--work_dir`` and reused: a later run with more digits, epochs or encoder epochs
 trains only what is missing (a longer GAN training resumes from the longest shorter one).
-Several ``--encoder_epoch`` values (e.g. 1,3,10) train the encoder in turn and score after each.
+Several ``--encoder_epoch`` values (e.g. 1,3,10) train the encoder in turn and score after each
+(an encoder trained further before is not shortened: ``encoder_steps`` says what was scored).
 """
 
 import argparse
@@ -56,6 +57,8 @@ def parse_args(argv=None):
     parser.add_argument("--encoder_epoch", type=int_list, default=None,
                         help="encoder epochs; several values train and score in turn "
                              "[main.py's default]")
+    parser.add_argument("--encoder_learning_rate", type=float,
+                        default=anogan.model.TrainConfig.encoder_learning_rate)
     parser.add_argument("--test_size", type=int, default=1000)
     parser.add_argument("--test_epoch", type=int, default=100, help="search steps of a and c")
     parser.add_argument("--c_learning_rate", type=float, default=0.001,
@@ -117,7 +120,7 @@ def score(args, common_flags, digit, mode, encoder_epochs):
     spec = MODES[mode]
     tag = f"d{digit}_e{args.epochs}_n{args.test_size}_{mode}"
     if spec["z_init"] == "encoder":
-        tag += f"_enc{encoder_epochs}"
+        tag += f"_enc{encoder_epochs}_elr{args.encoder_learning_rate:g}"
     if spec["z_init"] == "encoder" and spec["search"]:
         tag += f"_lr{args.c_learning_rate:g}"
     result_dir = Path(args.work_dir) / "results" / tag
@@ -129,7 +132,8 @@ def score(args, common_flags, digit, mode, encoder_epochs):
                   "--test_learning_rate",
                   args.c_learning_rate if spec["z_init"] == "encoder" else 0.001])
     metrics = json.loads((result_dir / "metrics.json").read_text())
-    return {key: metrics[key] for key in ("roc_auc", "pr_auc", "images_per_second", "seconds")}
+    return {key: metrics[key] for key in ("roc_auc", "pr_auc", "images_per_second", "seconds",
+                                          "encoder_steps")}
 
 
 def benchmark_digit(args, digit):
@@ -145,7 +149,8 @@ def benchmark_digit(args, digit):
     if "a" in args.modes:
         row["a"] = score(args, common_flags, digit, "a", None)
     for epochs in sorted(args.encoder_epoch):
-        flags = [*common_flags, "--epoch", args.epochs, "--encoder_epoch", epochs]
+        flags = [*common_flags, "--epoch", args.epochs, "--encoder_epoch", epochs,
+                 "--encoder_learning_rate", args.encoder_learning_rate]
         row[f"encoder_seconds_{epochs}"] = timed([*flags, "--train_encoder"])
         for mode in args.modes:
             if mode != "a":

@@ -11,9 +11,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
+import main as anogan
 import ops
 
 
@@ -83,6 +86,17 @@ def environment():
             "tensorflow": tf.__version__, "onednn": ops.onednn_enabled(),
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
+
+
+def run_main(flags):
+    """main.py in this process, its output on stderr (stdout is for the JSON); returns its
+    seconds, or exits when it fails."""
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        status = anogan.main([str(flag) for flag in flags])
+    if status != 0:
+        sys.exit(f"main.py {' '.join(map(str, flags))} failed with exit code {status}")
+    return round(time.perf_counter() - started, 1)
 
 
 def print_json(figures):

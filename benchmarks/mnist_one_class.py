@@ -21,11 +21,8 @@ Several ``--encoder_epoch`` values (e.g. 1,3,10) train the encoder in turn and s
 """
 
 import argparse
-import contextlib
 import json
 import shutil
-import sys
-import time
 from pathlib import Path
 
 import common
@@ -77,15 +74,6 @@ def parse_args(argv=None):
     return args
 
 
-def run_main(flags):
-    """main.py in this process, its output on stderr (stdout is for the JSON); exits on
-    failure."""
-    with contextlib.redirect_stdout(sys.stderr):
-        status = anogan.main([str(flag) for flag in flags])
-    if status != 0:
-        sys.exit(f"main.py {' '.join(map(str, flags))} failed with exit code {status}")
-
-
 def checkpoint_root(args, epochs):
     return Path(args.work_dir) / f"checkpoint_e{epochs}"
 
@@ -109,12 +97,6 @@ def seed_from_shorter_training(args, digit):
             return
 
 
-def timed(flags):
-    started = time.perf_counter()
-    run_main(flags)
-    return round(time.perf_counter() - started, 1)
-
-
 def score(args, common_flags, digit, mode, encoder_epochs):
     """Runs one mode (or reuses its earlier result); returns its metrics."""
     spec = MODES[mode]
@@ -125,12 +107,12 @@ def score(args, common_flags, digit, mode, encoder_epochs):
         tag += f"_lr{args.c_learning_rate:g}"
     result_dir = Path(args.work_dir) / "results" / tag
     if not (result_dir / "metrics.json").exists():
-        run_main([*common_flags, "--anomaly_test", "--test_size", args.test_size,
-                  "--test_dir", result_dir.parent, "--test_result_dir", tag,
-                  "--z_init", spec["z_init"], "--score", spec["score"],
-                  "--test_epoch", args.test_epoch if spec["search"] else 0,
-                  "--test_learning_rate",
-                  args.c_learning_rate if spec["z_init"] == "encoder" else 0.001])
+        common.run_main([*common_flags, "--anomaly_test", "--test_size", args.test_size,
+                         "--test_dir", result_dir.parent, "--test_result_dir", tag,
+                         "--z_init", spec["z_init"], "--score", spec["score"],
+                         "--test_epoch", args.test_epoch if spec["search"] else 0,
+                         "--test_learning_rate",
+                         args.c_learning_rate if spec["z_init"] == "encoder" else 0.001])
     metrics = json.loads((result_dir / "metrics.json").read_text())
     return {key: metrics[key] for key in ("roc_auc", "pr_auc", "images_per_second", "seconds",
                                           "encoder_steps")}
@@ -145,13 +127,13 @@ def benchmark_digit(args, digit):
     seed_from_shorter_training(args, digit)
     row = {"digit": digit, "gan_epochs": args.epochs, "test_size": args.test_size,
            "published_anogan_roc_auc": PUBLISHED_ANOGAN[digit],
-           "train_seconds": timed([*common_flags, "--epoch", args.epochs, "--train"])}
+           "train_seconds": common.run_main([*common_flags, "--epoch", args.epochs, "--train"])}
     if "a" in args.modes:
         row["a"] = score(args, common_flags, digit, "a", None)
     for epochs in sorted(args.encoder_epoch):
         flags = [*common_flags, "--epoch", args.epochs, "--encoder_epoch", epochs,
                  "--encoder_learning_rate", args.encoder_learning_rate]
-        row[f"encoder_seconds_{epochs}"] = timed([*flags, "--train_encoder"])
+        row[f"encoder_seconds_{epochs}"] = common.run_main([*flags, "--train_encoder"])
         for mode in args.modes:
             if mode != "a":
                 row[f"{mode}@{epochs}" if len(args.encoder_epoch) > 1 else mode] = score(

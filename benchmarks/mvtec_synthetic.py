@@ -12,16 +12,11 @@ seconds; training times. Reuses what an earlier run with the same ``--work_dir``
 """
 
 import argparse
-import contextlib
 import json
-import sys
-import time
 from pathlib import Path
 
 import common
 import synthetic
-
-import main as anogan
 
 MODES = {"a": ["--z_init", "random"],
          "b": ["--z_init", "encoder", "--test_epoch", "0"],
@@ -43,21 +38,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def run_main(flags):
-    """main.py in this process, its output on stderr (stdout is for the JSON); exits on
-    failure."""
-    with contextlib.redirect_stdout(sys.stderr):
-        status = anogan.main([str(flag) for flag in flags])
-    if status != 0:
-        sys.exit(f"main.py {' '.join(map(str, flags))} failed with exit code {status}")
-
-
-def timed(flags):
-    started = time.perf_counter()
-    run_main(flags)
-    return round(time.perf_counter() - started, 1)
-
-
 def main(argv=None):
     args = parse_args(argv)
     work = Path(args.work_dir)
@@ -72,15 +52,15 @@ def main(argv=None):
     figures = {"size": args.size, "train_images": args.train,
                "test_images": args.test_good + 2 * args.test_defects,
                "gan_epochs": args.epochs, "encoder_epochs": args.encoder_epoch,
-               "train_seconds": timed([*flags, "--train"]),
-               "encoder_seconds": timed([*flags, "--train_encoder"])}
+               "train_seconds": common.run_main([*flags, "--train"]),
+               "encoder_seconds": common.run_main([*flags, "--train_encoder"])}
     for mode in args.modes.split(","):
         for image_score in args.image_scores.split(","):
             name = f"{mode}_{image_score}"
             result_dir = category / "test" / name
             if not (result_dir / "metrics.json").exists():
-                run_main([*flags, "--anomaly_test", *MODES[mode], "--image_score", image_score,
-                          "--test_result_dir", name])
+                common.run_main([*flags, "--anomaly_test", *MODES[mode], "--image_score",
+                                 image_score, "--test_result_dir", name])
             metrics = json.loads((result_dir / "metrics.json").read_text())
             figures[name] = {key: metrics[key] for key in (
                 "roc_auc", "pixel_roc_auc", "per_type_roc_auc", "seconds", "images_per_second")}

@@ -1023,11 +1023,13 @@ class DCGAN:
         result does not depend on the batch size.
         """
         start = 0
+        random_starts = config.restarts > 1 or config.z_init == "random"
         for images, labels in tqdm(dataset, total=total_batches, desc="anomaly search",
                                    unit="batch"):
             count = int(tf.shape(images)[0])
-            z0 = starting_z(range(start, start + count), self.config.z_dim, seed,
-                            config.restarts)
+            z0 = (starting_z(range(start, start + count), self.config.z_dim, seed,
+                             config.restarts) if random_starts
+                  else np.zeros((count, self.config.z_dim), np.float32))  # replaced by E(x)
             start += count
             yield images.numpy(), self.search(images, labels, z0, config)
 

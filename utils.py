@@ -4,6 +4,7 @@ import contextlib
 import csv
 import gzip
 import heapq
+import io
 import json
 import math
 import os
@@ -46,6 +47,22 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_bytes(path, data):
+    """Writes ``data`` to ``path`` atomically: a hidden temporary file beside it, then a rename
+    (one open and one rename, for the many small files of an anomaly test)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
 
 
 def write_text(path, text):
@@ -193,9 +210,10 @@ def to_pil(array):
 
 
 def save_png(array, path):
-    """Saves an (h, w, c) float array in [0, 1] as a PNG, atomically."""
-    with atomic_path(path) as tmp:
-        to_pil(array).save(tmp, format="PNG")
+    """Saves an (h, w, c) float array in [0, 1] as a PNG (fast zlib level 1), atomically."""
+    encoded = io.BytesIO()
+    to_pil(array).save(encoded, format="PNG", compress_level=1)
+    write_bytes(path, encoded.getvalue())
 
 
 def save_images(images, path, shape=None, value_range=(-1.0, 1.0)):
@@ -540,6 +558,32 @@ def heat_overlay(image, residual):
     return gray * (1.0 - 0.7 * heat) + red * 0.7 * heat
 
 
+class BackgroundWriter:
+    """Runs writing jobs on one background thread, at most ``pending`` at a time.
+
+    File writes overlap the next batch's computation; ``submit`` waits while ``pending`` jobs
+    are queued (memory stays flat) and ``close`` waits for all and ends the thread. A failed
+    job's error is raised by the next ``submit`` or ``close``.
+    """
+
+    def __init__(self, pending=2):
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending = pending
+        self.jobs = []
+
+    def submit(self, fn, *args):
+        while len(self.jobs) >= self.pending:
+            self.jobs.pop(0).result()
+        self.jobs.append(self.pool.submit(fn, *args))
+
+    def close(self):
+        try:
+            while self.jobs:
+                self.jobs.pop(0).result()
+        finally:
+            self.pool.shutdown()
+
+
 class AnomalyReport:
     """Writes the anomaly test's outputs as batches arrive, and its summary at the end.
 
@@ -554,6 +598,7 @@ class AnomalyReport:
     def __init__(self, result_dir, source, value_range, overview_rows=8, mask_spec=None):
         self.result_dir = Path(result_dir)
         self.result_dir.mkdir(parents=True, exist_ok=True)
+        self.images_written = BackgroundWriter()
         self.source, self.value_range, self.overview_rows = source, value_range, overview_rows
         self.mask_spec = mask_spec if source.masks is not None else None
         self.pixels = PixelROC()
@@ -577,11 +622,9 @@ class AnomalyReport:
         start = len(self)
         names = self.source.names[start:start + len(images)]
         labels = self._labels()[start:start + len(images)]
-        for step, fakes in result.snapshots.items():
-            errors = residual_map(images, fakes, self.value_range)
-            for name, fake, error in zip(names, self._unit(fakes), errors):
-                save_png(fake, self.result_dir / f"AD_{step}_{result_name(name)}")
-                save_png(error, self.result_dir / f"AD_error_{step}_{result_name(name)}")
+        self.images_written.submit(self._save_images, names, result.snapshots,
+                                   {step: residual_map(images, fakes, self.value_range)
+                                    for step, fakes in result.snapshots.items()})
         for row in zip(names, labels, result.score, result.residual, result.discrimination):
             self.partial_csv.writerow([row[0], "" if row[1] < 0 else int(row[1]),
                                        *(f"{v:.6g}" for v in row[2:])])
@@ -602,6 +645,13 @@ class AnomalyReport:
                 heapq.heappush(self.worst, entry)
             elif score > self.worst[0][0]:
                 heapq.heapreplace(self.worst, entry)
+
+    def _save_images(self, names, snapshots, errors):
+        """The original's AD_<step>_<name> (G(z)) and AD_error_<step>_<name> PNGs of a batch."""
+        for step, fakes in snapshots.items():
+            for name, fake, error in zip(names, self._unit(fakes), errors[step]):
+                save_png(fake, self.result_dir / f"AD_{step}_{result_name(name)}")
+                save_png(error, self.result_dir / f"AD_error_{step}_{result_name(name)}")
 
     def _labels(self):
         if self.source.labels is None:
@@ -625,6 +675,7 @@ class AnomalyReport:
 
         ``tensorboard``: (log_dir, step, name) to log the results there too (``log_results``).
         """
+        self.images_written.close()
         self.partial.close()
         scores = self.all_scores()
         labels = self._labels()[:len(scores)]
@@ -763,8 +814,9 @@ def plot_roc(scores, labels, auc, path):
     save_figure(figure, path)
 
 
-def plot_tsne(z, labels, path, limit=2000, seed=0):
-    """t-SNE of the final latent codes, coloured by label (at most ``limit`` points)."""
+def plot_tsne(z, labels, path, limit=1000, seed=0):
+    """t-SNE of the final latent codes, coloured by label (at most ``limit`` points, drawn
+    reproducibly: enough to see the structure, and seconds instead of tens of them)."""
     from sklearn.manifold import TSNE
 
     if len(z) > limit:

@@ -831,7 +831,7 @@ def plot_tsne(z, labels, path, limit=1000, seed=0):
         chosen = labels == value
         if chosen.any():
             axes.scatter(*embedded[chosen].T, s=8, color=color, label=name)
-    axes.set(title="t-SNE of the searched z", xticks=[], yticks=[])
+    axes.set(title="t-SNE of the final z (searched, or E(x))", xticks=[], yticks=[])
     axes.legend()
     save_figure(figure, path)
 

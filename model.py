@@ -902,49 +902,59 @@ class DCGAN:
         logits, features = self.discriminator(fakes, labels, training=False)
         return (*config.scores(images, fakes, real_features, features, logits), fakes)
 
-    def _search_graph(self, config):
-        """A compiled whole search for one batch: ``config.steps`` Adam steps on z.
+    def _adam_steps(self, images, labels, z, real_features, config):
+        """``config.steps`` (> 0) Adam steps on z; the final z and G(z) at the first and middle
+        snapshot steps.
 
         Adam is the original's (tf.train.AdamOptimizer: beta2 0.999, epsilon 1e-8), written
         out so that every batch starts from fresh state inside one graph. The loss is the sum
         of per-image scores, so images do not interact and a batch equals its single images.
-        The weights are fixed, so the convolutions' transposed filters are prepared once; any
-        batch size runs the same graph (traced once).
         """
         beta1, beta2, epsilon = config.beta1, 0.999, 1e-8
+        _, middle, last = config.snapshot_steps
+        m, v = tf.zeros_like(z), tf.zeros_like(z)
+        first = mid = tf.zeros_like(images)
+        for t in tf.range(last):
+            with tf.GradientTape() as tape:
+                tape.watch(z)
+                score, _, _, fakes = self._fake_scores(images, labels, z, real_features, config)
+                total = tf.reduce_sum(score)
+            if t == 0:
+                first = fakes
+            if t == middle:
+                mid = fakes
+            grad = tape.gradient(total, z)
+            step = tf.cast(t + 1, tf.float32)
+            m = beta1 * m + (1.0 - beta1) * grad
+            v = beta2 * v + (1.0 - beta2) * tf.square(grad)
+            rate = config.learning_rate * tf.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+            z = z - rate * m / (tf.sqrt(v) + epsilon)
+            if config.clip_z:
+                z = tf.clip_by_value(z, -1.0, 1.0)
+        return z, first, mid
+
+    def _search_graph(self, config):
+        """A compiled whole search for one batch: ``config.steps`` Adam steps on z, then the
+        scores at the final z.
+
+        The weights are fixed, so the convolutions' transposed filters are prepared once; any
+        batch size runs the same graph (traced once). A 0-step search (scoring at the starting
+        z) has no loop in its graph.
+        """
         _, middle, last = config.snapshot_steps
         cfg = self.config
         signature = [tf.TensorSpec((None, cfg.output_height, cfg.output_width, cfg.c_dim)),
                      tf.TensorSpec((None, cfg.y_dim)), tf.TensorSpec((None, cfg.z_dim))]
 
         @tf.function(input_signature=signature)
-        def run(images, labels, z0):
+        def run(images, labels, z):
             with frozen(self.generator, self.discriminator):
                 _, real_features = self.discriminator(images, labels, training=False)
-                z, m, v = z0, tf.zeros_like(z0), tf.zeros_like(z0)
-                first = mid = tf.zeros_like(images)
-                for t in tf.range(last):
-                    with tf.GradientTape() as tape:
-                        tape.watch(z)
-                        score, _, _, fakes = self._fake_scores(images, labels, z, real_features,
-                                                               config)
-                        total = tf.reduce_sum(score)
-                    if t == 0:
-                        first = fakes
-                    if t == middle:
-                        mid = fakes
-                    grad = tape.gradient(total, z)
-                    step = tf.cast(t + 1, tf.float32)
-                    m = beta1 * m + (1.0 - beta1) * grad
-                    v = beta2 * v + (1.0 - beta2) * tf.square(grad)
-                    rate = (config.learning_rate * tf.sqrt(1.0 - beta2 ** step)
-                            / (1.0 - beta1 ** step))
-                    z = z - rate * m / (tf.sqrt(v) + epsilon)
-                    if config.clip_z:
-                        z = tf.clip_by_value(z, -1.0, 1.0)
+                if last:
+                    z, first, mid = self._adam_steps(images, labels, z, real_features, config)
                 score, residual, discrimination, fakes = self._fake_scores(
                     images, labels, z, real_features, config)
-                if last == 0:
+                if not last:
                     first = fakes
                 if middle == last:
                     mid = fakes

@@ -764,13 +764,14 @@ def evaluate(scores, labels, flagged):
 
 def per_type_roc_auc(names, scores, labels):
     """Image-level ROC AUC of the normal images against each defect type (first folder), or
-    None without both normal and anomalous images."""
+    None without both normal images and anomalous ones in named folders (MNIST's split has
+    none)."""
     from sklearn.metrics import roc_auc_score
 
     types = np.array([defect_type(name) for name in names])
     finite = np.isfinite(scores)
     normal = finite & (labels == 0)
-    defects = sorted(set(types[finite & (labels == 1)]))
+    defects = sorted(set(types[finite & (labels == 1)]) - {""})
     if not normal.any() or not defects:
         return None
     return {kind: float(roc_auc_score(labels[chosen], scores[chosen]))

@@ -99,6 +99,13 @@ def test_map_scores_favour_a_small_strong_defect_over_a_faint_everywhere_one():
         utils.map_scores(small, "median")
 
 
+def test_per_type_auc_names_each_defect_folder_and_is_none_without_folders():
+    names = ["good/a", "good/b", "spot/c", "scratch/d", "scratch/e", "f"]
+    scores, labels = np.array([1, 2, 3, 0, 4, 9.0]), np.array([0, 0, 1, 1, 1, 1])
+    assert utils.per_type_roc_auc(names, scores, labels) == {"scratch": 0.5, "spot": 1.0}
+    assert utils.per_type_roc_auc(["a", "b", "c"], np.arange(3.0), np.array([0, 1, 1])) is None
+
+
 def test_masks_are_cropped_and_resized_as_images_are(tmp_path):
     mask = np.zeros((40, 40), np.uint8)
     mask[18:22, 18:22] = 255

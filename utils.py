@@ -50,19 +50,9 @@ def atomic_path(path):
 
 
 def write_bytes(path, data):
-    """Writes ``data`` to ``path`` atomically: a hidden temporary file beside it, then a rename
-    (one open and one rename, for the many small files of an anomaly test)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+    """Writes ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def write_text(path, text):

@@ -9,7 +9,7 @@ import json
 import math
 import os
 import sys
-import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,23 +36,26 @@ class DataError(Exception):
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yields a temporary path beside ``path``; renames it into place only on success."""
+    """Yields a temporary path beside ``path``; renames it into place only on success.
+
+    The temporary name is unique to this process and thread, so concurrent writers never share
+    one, and costs no extra file creation (outputs are written by the ten thousand).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_bytes(path, data):
     """Writes ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(data)
+        tmp.write_bytes(data)
 
 
 def write_text(path, text):
@@ -191,16 +194,22 @@ def merge(images, shape):
     return grid
 
 
+def to_pixels(array):
+    """uint8 pixels of a float array in [0, 1] (any shape)."""
+    return np.clip(np.rint(np.asarray(array) * 255.0), 0, 255).astype(np.uint8)
+
+
 def to_pil(array):
-    """A Pillow image from an (h, w, c) float array in [0, 1]."""
-    pixels = np.clip(np.rint(np.asarray(array) * 255.0), 0, 255).astype(np.uint8)
+    """A Pillow image from an (h, w, c) float array in [0, 1], or its ``to_pixels``."""
+    pixels = array if np.asarray(array).dtype == np.uint8 else to_pixels(array)
     if pixels.shape[-1] == 1:
         return Image.fromarray(pixels[..., 0], "L")
     return Image.fromarray(pixels, "RGB")
 
 
 def save_png(array, path):
-    """Saves an (h, w, c) float array in [0, 1] as a PNG (fast zlib level 1), atomically."""
+    """Saves an (h, w, c) float array in [0, 1] (or its ``to_pixels``) as a PNG (fast zlib
+    level 1), atomically."""
     encoded = io.BytesIO()
     to_pil(array).save(encoded, format="PNG", compress_level=1)
     write_bytes(path, encoded.getvalue())
@@ -639,7 +648,8 @@ class AnomalyReport:
     def _save_images(self, names, snapshots, errors):
         """The original's AD_<step>_<name> (G(z)) and AD_error_<step>_<name> PNGs of a batch."""
         for step, fakes in snapshots.items():
-            for name, fake, error in zip(names, self._unit(fakes), errors[step]):
+            pixels = zip(names, to_pixels(self._unit(fakes)), to_pixels(errors[step]))
+            for name, fake, error in pixels:
                 save_png(fake, self.result_dir / f"AD_{step}_{result_name(name)}")
                 save_png(error, self.result_dir / f"AD_error_{step}_{result_name(name)}")
 

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +209,22 @@ def test_interrupted_report_leaves_old_scores_intact_and_reruns(tmp_path):
         "a.png,0,1,1,1,0", "b.png,1,nan,nan,nan,0", "c.png,1,3,3,3,1"]
     assert not (tmp_path / ".scores.partial.csv").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "scores.csv"
+    path.write_text("old complete results\n")
+    with pytest.raises(RuntimeError), utils.atomic_path(path) as tmp:
+        tmp.write_text("half written")
+        raise RuntimeError("disk full")
+    assert path.read_text() == "old complete results\n"
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_threads_writing_one_file_each_leave_it_whole(tmp_path):
+    path = tmp_path / "AD_0_a.png"
+    contents = [bytes([k]) * 100_000 for k in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda data: [utils.write_bytes(path, data) for _ in range(20)], contents))
+    assert path.read_bytes() in contents
+    assert list(tmp_path.iterdir()) == [path]

@@ -199,19 +199,17 @@ def to_pixels(array):
     return np.clip(np.rint(np.asarray(array) * 255.0), 0, 255).astype(np.uint8)
 
 
-def to_pil(array):
-    """A Pillow image from an (h, w, c) float array in [0, 1], or its ``to_pixels``."""
-    pixels = array if np.asarray(array).dtype == np.uint8 else to_pixels(array)
+def to_pil(pixels):
+    """A Pillow image from (h, w, c) uint8 pixels (``to_pixels``)."""
     if pixels.shape[-1] == 1:
         return Image.fromarray(pixels[..., 0], "L")
     return Image.fromarray(pixels, "RGB")
 
 
-def save_png(array, path):
-    """Saves an (h, w, c) float array in [0, 1] (or its ``to_pixels``) as a PNG (fast zlib
-    level 1), atomically."""
+def save_png(pixels, path):
+    """Saves (h, w, c) uint8 pixels (``to_pixels``) as a PNG (fast zlib level 1), atomically."""
     encoded = io.BytesIO()
-    to_pil(array).save(encoded, format="PNG", compress_level=1)
+    to_pil(pixels).save(encoded, format="PNG", compress_level=1)
     write_bytes(path, encoded.getvalue())
 
 
@@ -219,13 +217,13 @@ def save_images(images, path, shape=None, value_range=(-1.0, 1.0)):
     """Saves a batch of images in ``value_range`` as one grid PNG."""
     low, high = value_range
     images = (np.asarray(images, np.float32) - low) / (high - low)
-    save_png(merge(images, shape or grid_shape(len(images))), path)
+    save_png(to_pixels(merge(images, shape or grid_shape(len(images)))), path)
 
 
 def save_gif(frames, path, duration=2.0, value_range=(-1.0, 1.0)):
     """Saves frames (n, h, w, c) in ``value_range`` as an animated GIF lasting ``duration`` s."""
     low, high = value_range
-    images = [to_pil((np.asarray(frame) - low) / (high - low)) for frame in frames]
+    images = [to_pil(to_pixels((np.asarray(frame) - low) / (high - low))) for frame in frames]
     with atomic_path(path) as tmp:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
                        duration=max(1, int(1000 * duration / len(images))), loop=0)

@@ -92,7 +92,8 @@ def build_parser():
     net("--gf_dim", type=int, default=64, help="filters of G's last deconv (doubling inwards)")
     net("--df_dim", type=int, default=64, help="filters of D's first conv (doubling inwards)")
     net("--y_dim", type=int, default=None,
-        help="label size of a class-conditional DCGAN [10 for mnist without --normal_class]")
+        help="label size of the original's class-conditional MNIST DCGAN; 0 for the "
+             "unconditional one [10 for mnist, else 0]")
 
     fit = p.add_argument_group("training").add_argument
     fit("--epoch", type=int, default=25, help="epochs to train")
@@ -179,7 +180,7 @@ def resolve(args):
     args.input_width = args.input_width or args.input_height
     args.output_width = args.output_width or args.output_height
     if args.y_dim is None:
-        args.y_dim = 10 if is_mnist(args) and args.normal_class is None else 0
+        args.y_dim = 10 if is_mnist(args) else 0
     mvtec = is_mvtec(args)
     args.input_fname_pattern = args.input_fname_pattern or ("*.png" if mvtec else "*.jpg")
     args.test_dir = args.test_dir or str(dataset_folder(args) / "test" if mvtec else "test_data")
@@ -191,8 +192,6 @@ def resolve(args):
          f"--normal_class applies to --dataset mnist only, not {args.dataset!r}"),
         (args.y_dim and not is_mnist(args),
          f"--y_dim needs labels, which only --dataset mnist has, not {args.dataset!r}"),
-        (args.y_dim and args.normal_class is not None,
-         "--normal_class trains an unconditional model: leave --y_dim at 0"),
         (is_mnist(args) and args.y_dim not in (0, 10), "--y_dim for mnist is 0 or 10"),
         (min(args.input_height, args.input_width) < 1, "--input_height/width must be positive"),
         (args.batch_size < 1 or args.test_batch_size < 1, "batch sizes must be positive"),
@@ -213,8 +212,10 @@ def resolve(args):
 
 
 def model_config(args, channels):
+    classes = tuple(args.normal_class) if args.y_dim and args.normal_class else ()
     return model.ModelConfig(args.output_height, args.output_width, channels, z_dim=args.z_dim,
-                             y_dim=args.y_dim, gf_dim=args.gf_dim, df_dim=args.df_dim)
+                             y_dim=args.y_dim, gf_dim=args.gf_dim, df_dim=args.df_dim,
+                             classes=classes)
 
 
 def train_config(args):

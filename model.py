@@ -65,7 +65,11 @@ def check_fields(checks):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The shapes that build a DCGAN; saved as ``config.json`` beside its checkpoints."""
+    """The shapes that build a DCGAN; saved as ``config.json`` beside its checkpoints.
+
+    ``classes``: the labels a conditional model is trained on (one-class MNIST: the normal
+    digits); empty for all ``y_dim``.
+    """
 
     output_height: int
     output_width: int
@@ -76,6 +80,7 @@ class ModelConfig:
     df_dim: int = 64
     gfc_dim: int = 1024
     dfc_dim: int = 1024
+    classes: tuple = ()
 
     def __post_init__(self):
         check_fields([
@@ -85,7 +90,15 @@ class ModelConfig:
             (min(self.z_dim, self.gf_dim, self.df_dim, self.gfc_dim, self.dfc_dim) < 1,
              "--z_dim/--gf_dim/--df_dim must be > 0"),
             (self.y_dim < 0, "--y_dim must be >= 0"),
+            (not isinstance(self.classes, tuple)
+             or any(c not in range(self.y_dim) for c in self.classes),
+             f"the classes of a conditional model must be a tuple of labels below {self.y_dim}"),
         ])
+
+    @property
+    def conditions(self):
+        """The labels a conditional model was trained on: ``classes``, else all ``y_dim``."""
+        return self.classes or tuple(range(self.y_dim))
 
     @property
     def value_range(self):
@@ -477,10 +490,12 @@ def columns(rows):
 
 
 def sample_inputs(config, count, seed=0):
-    """The fixed (z, labels) of the training sample grids; labels cycle through the classes."""
+    """The fixed (z, labels) of the training sample grids; labels cycle through the model's
+    conditions."""
     z = np.random.default_rng(seed).uniform(-1, 1, (count, config.z_dim)).astype(np.float32)
     if config.y_dim:
-        return z, utils.one_hot(np.arange(count) % config.y_dim, config.y_dim)
+        conditions = np.array(config.conditions)
+        return z, utils.one_hot(conditions[np.arange(count) % len(conditions)], config.y_dim)
     return z, np.zeros((count, 0), np.float32)
 
 
@@ -582,17 +597,18 @@ class DCGAN:
         return True
 
     def _check_config(self):
-        """Raises ``CheckpointError`` when config.json names other shapes than ours."""
+        """Raises ``CheckpointError`` when config.json describes another model than ours."""
         if not self.config_path.exists():
             return
         saved = json.loads(self.config_path.read_text())
-        wanted = dataclasses.asdict(self.config)
+        wanted = json.loads(json.dumps(dataclasses.asdict(self.config)))  # tuples as lists
         differing = sorted(k for k in wanted if saved.get(k, wanted[k]) != wanted[k])
         if differing:
             details = ", ".join(f"{k}: checkpoint {saved.get(k)} vs now {wanted.get(k)}"
                                 for k in differing)
-            raise CheckpointError(f"checkpoint in {self.checkpoint_dir} was built with other "
-                                  f"shapes ({details}); use another --checkpoint_dir")
+            raise CheckpointError(f"checkpoint in {self.checkpoint_dir} was built with another "
+                                  f"model ({details}): pass the flags it was trained with, or "
+                                  "use another --checkpoint_dir")
 
     @staticmethod
     def _restore(checkpoint, path):
@@ -968,8 +984,8 @@ class DCGAN:
         ``z0`` is (batch, z_dim), or (restarts, batch, z_dim): then each image is searched
         from all its starting points in one larger batch, and its lowest score is kept. With
         ``config.z_init`` 'encoder' the first start is E(x). ``labels`` are one-hot rows for a
-        conditional model; when they have no columns the search runs once per class and keeps
-        each image's lowest score.
+        conditional model; when they have no columns the search runs once per label the model
+        was trained on (``config.conditions``) and keeps each image's lowest score.
         """
         images = tf.convert_to_tensor(images, tf.float32)
         labels = tf.convert_to_tensor(labels, tf.float32)
@@ -979,7 +995,7 @@ class DCGAN:
             return SearchResult.best_of([
                 self.search(images, tf.one_hot(tf.fill([count], k), self.config.y_dim), z0,
                             config)
-                for k in range(self.config.y_dim)])
+                for k in self.config.conditions])
         if starts.shape.rank == 2:
             starts = starts[None]
         if config.z_init == "encoder":
@@ -1098,7 +1114,7 @@ class DCGAN:
         def labels():
             if not self.config.y_dim:
                 return None
-            return utils.one_hot(rng.integers(0, self.config.y_dim, batch_size),
+            return utils.one_hot(rng.choice(self.config.conditions, batch_size),
                                  self.config.y_dim)
 
         def sweep(dim, base):

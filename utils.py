@@ -459,11 +459,17 @@ def defect_type(name):
 
 
 def mnist_test_source(folder, normal_class=None):
-    """MNIST's test split: label 1 for digits outside ``normal_class``, else all normal."""
+    """MNIST's test split: label 1 for digits outside ``normal_class``, else all normal.
+
+    With ``normal_class`` the digits are not passed on as classes: a one-class model must not be
+    told what it is to find (a conditional one is searched under its normal digits instead).
+    """
     source = mnist_source(folder, "test")
-    normal = np.ones_like(source.classes, bool) if normal_class is None else np.isin(
-        source.classes, list(normal_class))
-    source.labels = np.where(normal, 0, 1).astype(np.int64)
+    if normal_class is None:
+        source.labels = np.zeros(len(source), np.int64)
+        return source
+    source.labels = np.where(np.isin(source.classes, list(normal_class)), 0, 1).astype(np.int64)
+    source.classes = None
     return source
 
 

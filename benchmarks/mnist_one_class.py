@@ -2,8 +2,10 @@
 
     python benchmarks/mnist_one_class.py --data_dir ../shared/data --digits 0,7 --epochs 5
         [--encoder_epoch 10] [--test_size 1000] [--modes a,b,c,b_izif] [--work_dir out/mnist]
+        [--y_dim 0]
 
-For each digit: trains a one-class DCGAN (``main.py --normal_class <digit> --train``) for
+For each digit: trains a one-class DCGAN (``main.py --normal_class <digit> --train``; the
+original's class-conditional MNIST model, or with ``--y_dim 0`` the unconditional one) for
 ``--epochs`` epochs, trains its izi_f encoder (``--train_encoder``), then scores the same
 ``--test_size`` stratified MNIST test images with each mode:
 
@@ -15,7 +17,8 @@ For each digit: trains a one-class DCGAN (``main.py --normal_class <digit> --tra
 Prints one JSON object per digit (each mode's ROC AUC, PR AUC, images/s) and a summary beside
 the published AnoGAN row (Ruff et al., Deep SVDD, ICML 2018, Table 1). Checkpoints and results
 are kept under ``--work_dir`` and reused: a later run with more digits, epochs or encoder epochs
-trains only what is missing (a longer GAN training resumes from the longest shorter one).
+trains only what is missing (a longer GAN training resumes from the longest shorter one); one
+``--work_dir`` holds one kind of model (``--y_dim``).
 Several ``--encoder_epoch`` values (e.g. 1,3,10) train the encoder in turn and score after each
 (an encoder trained further before is not shortened: ``encoder_steps`` says what was scored).
 """
@@ -62,6 +65,8 @@ def parse_args(argv=None):
                         help="search learning rate of modes c (a keeps the original's 0.001)")
     parser.add_argument("--modes", default="a,b,c,b_izif")
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--y_dim", type=int, default=10,
+                        help="10: the original's conditional MNIST model; 0: unconditional")
     parser.add_argument("--work_dir", default="out/mnist_one_class")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -121,11 +126,12 @@ def score(args, common_flags, digit, mode, encoder_epochs):
 def benchmark_digit(args, digit):
     common_flags = ["--dataset", "mnist", "--normal_class", digit, "--data_dir", args.data_dir,
                     "--checkpoint_dir", checkpoint_root(args, args.epochs), "--seed", args.seed,
-                    "--batch_size", args.batch_size,
+                    "--batch_size", args.batch_size, "--y_dim", args.y_dim,
                     "--sample_dir", Path(args.work_dir) / "samples" / f"d{digit}_e{args.epochs}",
                     "--log_dir", Path(args.work_dir) / "logs" / f"e{args.epochs}"]
     seed_from_shorter_training(args, digit)
-    row = {"digit": digit, "gan_epochs": args.epochs, "test_size": args.test_size,
+    row = {"digit": digit, "y_dim": args.y_dim, "gan_epochs": args.epochs,
+           "test_size": args.test_size,
            "published_anogan_roc_auc": PUBLISHED_ANOGAN[digit],
            "train_seconds": common.run_main([*common_flags, "--epoch", args.epochs, "--train"])}
     if "a" in args.modes:

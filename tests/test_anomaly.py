@@ -220,8 +220,28 @@ def test_best_of_keeps_each_images_lowest_score():
     np.testing.assert_array_equal(best.snapshots[0][:, 0, 0, 0], [2, 1, 0])
 
 
+def test_one_class_conditional_model_searches_under_its_normal_digits_only(tmp_path):
+    config = model.ModelConfig(28, 28, 1, z_dim=8, y_dim=10, gf_dim=8, df_dim=8, dfc_dim=32,
+                               classes=(1, 7))
+    dcgan = model.DCGAN(config, tmp_path)
+    images = np.random.default_rng(0).uniform(0, 1, (4, 28, 28, 1)).astype(np.float32)
+    z0 = model.starting_z(range(4), 8)
+    search = model.SearchConfig(steps=2)
+
+    def under(digit):
+        return dcgan.search(images, utils.one_hot([digit] * 4, 10), z0, search).score
+
+    unlabelled = dcgan.search(images, np.zeros((4, 0), np.float32), z0, search).score
+    np.testing.assert_allclose(unlabelled, np.minimum(under(1), under(7)), rtol=1e-6)
+    assert not np.allclose(unlabelled, under(0))
+
+
 def test_mnist_one_class_and_conditional_scoring(tmp_path):
     write_mnist(tmp_path / "data" / "mnist", train_per_digit=10, test_per_digit=3)
+    test_split = utils.mnist_test_source(tmp_path / "data" / "mnist", (0,))
+    assert test_split.classes is None  # a one-class model is not told the test image's digit
+    assert test_split.labels.tolist().count(0) == 3
+    assert set(utils.mnist_test_source(tmp_path / "data" / "mnist").classes) == set(range(10))
     common = ["--dataset", "mnist", "--input_height", "28", "--output_height", "28",
               "--batch_size", "8", "--z_dim", "8", *TINY, "--data_dir", str(tmp_path / "data"),
               "--checkpoint_dir", str(tmp_path / "ckpt"), "--log_dir", str(tmp_path / "logs"),

@@ -107,17 +107,38 @@ def test_conditional_mnist_trains_on_idx_files(workdir):
     assert images.shape == (10, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
 
 
-def test_one_class_mnist_trains_unconditional_on_chosen_digits(workdir, capsys):
+def test_one_class_mnist_trains_the_conditional_model_on_chosen_digits(workdir, capsys):
     write_mnist(workdir / "data" / "mnist", train_per_digit=12)
     source = utils.mnist_source(workdir / "data" / "mnist", "train", (1, 7))
     assert len(source) == 24 and set(source.classes) == {1, 7}
-    assert run_main("--dataset", "mnist", "--input_height", 28, "--output_height", 28,
-                    "--normal_class", "1,7", "--batch_size", 8, "--epoch", 1, *TINY,
-                    "--train") == 0
+    flags = ["--dataset", "mnist", "--input_height", 28, "--output_height", 28,
+             "--normal_class", "1,7", "--batch_size", 8, "--epoch", 1, *TINY]
+    assert run_main(*flags, "--train") == 0
     assert "training on 22 images" in capsys.readouterr().out
     folder = workdir / "checkpoint" / "mnist_8_28_28_normal17"
-    assert json.loads((folder / "config.json").read_text())["y_dim"] == 0
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["y_dim"], config["classes"]) == (10, [1, 7])
     assert checkpoint_steps(folder) == [2]
+    dcgan = model.DCGAN(model.ModelConfig(28, 28, 1, y_dim=10, gf_dim=8, df_dim=8,
+                                          classes=(1, 7)), folder)
+    assert dcgan.load()
+    _, labels = model.sample_inputs(dcgan.config, 6)
+    assert labels.argmax(1).tolist() == [1, 7, 1, 7, 1, 7]
+    # The same folder with another model: one line naming the difference, exit 2.
+    assert run_main(*flags, "--y_dim", 0, "--train") == 2
+    assert "y_dim: checkpoint 10 vs now 0" in capsys.readouterr().err
+    assert run_main(*flags, "--y_dim", 0, "--checkpoint_dir", "unconditional", "--train") == 0
+    config = json.loads((workdir / "unconditional" / folder.name / "config.json").read_text())
+    assert (config["y_dim"], config["classes"]) == (0, [])
+
+
+def test_model_config_checks_its_classes():
+    assert model.ModelConfig(28, 28, 1, y_dim=10).conditions == tuple(range(10))
+    assert model.ModelConfig(28, 28, 1, y_dim=10, classes=(3,)).conditions == (3,)
+    assert model.ModelConfig(28, 28, 1).conditions == ()
+    for classes in ((10,), (1,), [3]):
+        with pytest.raises(ValueError, match="classes of a conditional model"):
+            model.ModelConfig(28, 28, 1, y_dim=10 if classes != (1,) else 0, classes=classes)
 
 
 def test_visualize_writes_grids_and_gifs(workdir):

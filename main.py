@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 import download
+import health
 import model
 import utils
 
@@ -91,17 +92,29 @@ def build_parser():
     net("--z_dim", type=int, default=100, help="latent size")
     net("--gf_dim", type=int, default=64, help="filters of G's last deconv (doubling inwards)")
     net("--df_dim", type=int, default=64, help="filters of D's first conv (doubling inwards)")
+    net("--gan", choices=model.GANS, default="dcgan",
+        help="dcgan: the original's losses and schedule; wgan_gp: f-AnoGAN's WGAN-GP (layer "
+             "norm in the critic)")
     net("--y_dim", type=int, default=None,
         help="label size of the original's class-conditional MNIST DCGAN; 0 for the "
              "unconditional one [10 for mnist, else 0]")
 
     fit = p.add_argument_group("training").add_argument
     fit("--epoch", type=int, default=25, help="epochs to train")
-    fit("--learning_rate", type=float, default=0.0002, help="Adam learning rate of G and D")
-    fit("--beta1", type=float, default=0.5, help="Adam beta1 (also of the latent search)")
+    fit("--learning_rate", type=float, default=None,
+        help="Adam learning rate of G and D [0.0002; 0.0001 for wgan_gp]")
+    fit("--beta1", type=float, default=None,
+        help="Adam beta1 of G and D [0.5; 0 for wgan_gp], and of the latent search [0.5]")
+    fit("--beta2", type=float, default=None, help="Adam beta2 of G and D [0.999; 0.9 for wgan_gp]")
+    fit("--n_critic", type=int, default=5, help="wgan_gp: critic updates per G update")
+    fit("--gp_weight", type=float, default=10.0, help="wgan_gp: weight of the gradient penalty")
+    fit("--retries", type=int, default=1,
+        help="trainings started again with the next seed when the health check fails at the end")
     fit("--batch_size", type=int, default=64, help="training batch size")
     fit("--encoder_epoch", type=int, default=model.TrainConfig.encoder_epochs,
-        help="epochs to train the encoder")
+        help="epochs to train the encoder (at least --encoder_min_steps steps)")
+    fit("--encoder_min_steps", type=int, default=model.TrainConfig.encoder_min_steps,
+        help="fewest encoder training steps, whatever the folder's size")
     fit("--encoder_learning_rate", type=float,
         default=model.TrainConfig.encoder_learning_rate, help="Adam learning rate of E")
     fit("--encoder_kappa", type=float, default=1.0,
@@ -181,6 +194,12 @@ def resolve(args):
     args.output_width = args.output_width or args.output_height
     if args.y_dim is None:
         args.y_dim = 10 if is_mnist(args) else 0
+    wgan = args.gan == "wgan_gp"
+    args.train_learning_rate = (args.learning_rate if args.learning_rate is not None
+                                else 0.0001 if wgan else 0.0002)
+    args.train_beta1 = args.beta1 if args.beta1 is not None else (0.0 if wgan else 0.5)
+    args.train_beta2 = args.beta2 if args.beta2 is not None else (0.9 if wgan else 0.999)
+    args.search_beta1 = args.beta1 if args.beta1 is not None else 0.5
     mvtec = is_mvtec(args)
     args.input_fname_pattern = args.input_fname_pattern or ("*.png" if mvtec else "*.jpg")
     args.test_dir = args.test_dir or str(dataset_folder(args) / "test" if mvtec else "test_data")
@@ -198,6 +217,7 @@ def resolve(args):
         (not args.train_size >= 1, "--train_size must be at least 1"),
         (args.test_size is not None and args.test_size < 1, "--test_size must be positive"),
         (args.generate_test_images < 1, "--generate_test_images must be positive"),
+        (args.retries < 0, "--retries must be >= 0"),
     ]
     for failed, message in checks:
         if failed:
@@ -215,20 +235,21 @@ def model_config(args, channels):
     classes = tuple(args.normal_class) if args.y_dim and args.normal_class else ()
     return model.ModelConfig(args.output_height, args.output_width, channels, z_dim=args.z_dim,
                              y_dim=args.y_dim, gf_dim=args.gf_dim, df_dim=args.df_dim,
-                             classes=classes)
+                             classes=classes, gan=args.gan)
 
 
 def train_config(args):
     return model.TrainConfig(
-        epochs=args.epoch, learning_rate=args.learning_rate, beta1=args.beta1,
-        save_every=args.save_every, sample_every=args.sample_every, sample_dir=args.sample_dir,
+        epochs=args.epoch, learning_rate=args.train_learning_rate, beta1=args.train_beta1,
+        beta2=args.train_beta2, n_critic=args.n_critic, gp_weight=args.gp_weight,
+        encoder_min_steps=args.encoder_min_steps, save_every=args.save_every, sample_every=args.sample_every, sample_dir=args.sample_dir,
         log_dir=str(Path(args.log_dir) / model_dir(args)), encoder_epochs=args.encoder_epoch,
         encoder_learning_rate=args.encoder_learning_rate, encoder_kappa=args.encoder_kappa)
 
 
 def search_config(args):
     return model.SearchConfig(
-        steps=args.test_epoch, learning_rate=args.test_learning_rate, beta1=args.beta1,
+        steps=args.test_epoch, learning_rate=args.test_learning_rate, beta1=args.search_beta1,
         ano_lambda=args.ano_lambda, dis_loss=args.dis_loss, restarts=args.test_restarts,
         clip_z=args.test_clip_z, z_init=args.z_init, score=args.score, kappa=args.encoder_kappa)
 
@@ -239,6 +260,8 @@ def model_dir(args):
     name = f"{dataset}_{args.batch_size}_{args.output_height}_{args.output_width}"
     if args.normal_class is not None:
         name += "_normal" + "".join(str(d) for d in args.normal_class)
+    if args.gan != "dcgan":
+        name += f"_{args.gan}"
     return name
 
 
@@ -295,10 +318,12 @@ def image_spec(args, config):
                            value_range=config.value_range)
 
 
-def training_dataset(args, dcgan, images):
-    """Shuffled training batches of ``images`` for ``dcgan`` (the last partial one dropped)."""
+def training_dataset(args, dcgan, images, seed=None):
+    """Shuffled training batches of ``images`` for ``dcgan`` (the last partial one dropped),
+    shuffled by ``seed`` (default --seed)."""
     return utils.make_dataset(images, image_spec(args, dcgan.config), args.batch_size,
-                              y_dim=dcgan.config.y_dim, shuffle_seed=args.seed,
+                              y_dim=dcgan.config.y_dim,
+                              shuffle_seed=args.seed if seed is None else seed,
                               drop_remainder=True)
 
 
@@ -323,48 +348,108 @@ def build_model(args, channels):
     return dcgan, restored
 
 
+def health_images(args, dcgan, train, held_out):
+    """The real images of the health check (``health.RealImages``), or None for fewer than 4
+    training images: up to 256 training images as queries, up to 1,000 others as references,
+    and up to 64 held-out images (training images when none are held out)."""
+    if len(train) < 4:
+        return None
+    order = np.random.default_rng(args.seed).permutation(len(train))
+    queries = order[:min(256, len(train) // 2)]
+    references = order[len(queries):len(queries) + 1000]
+    shown = held_out if len(held_out) else train.subset(queries)
+
+    def arrays(source):
+        batches = list(utils.make_dataset(source, image_spec(args, dcgan.config), 256,
+                                          y_dim=dcgan.config.y_dim))
+        return [np.concatenate([batch[i].numpy() for batch in batches]) for i in range(2)]
+
+    held_images, held_labels = arrays(shown.subset(range(min(64, len(shown)))))
+    return health.RealImages(arrays(train.subset(np.sort(queries)))[0],
+                             arrays(train.subset(np.sort(references)))[0], held_images,
+                             held_labels, dcgan.config.value_range)
+
+
+def warn(result, what="training", gan="dcgan"):
+    """Prints a failed health verdict's warning line on stderr."""
+    line = health.warning_line(result, what, gan)
+    if line:
+        print(line, file=sys.stderr)
+
+
 def train(args):
-    source, train, _, usable, steps_per_epoch = training_split(args)
-    dcgan, resumed = build_model(args, source.channels)
+    """Trains the GAN; when its health check fails at the end of a training begun here, starts
+    again with the next seed, up to --retries times (the failed one is set aside)."""
+    source, train_images, held_out, usable, steps_per_epoch = training_split(args)
+    for attempt in range(args.retries + 1):
+        dcgan, resumed = build_model(args, source.channels)
+        result = train_once(args, dcgan, resumed, train_images, held_out, usable,
+                            steps_per_epoch, args.seed + attempt)
+        if result is None or result["passed"] or resumed or attempt == args.retries:
+            break
+        rejected = dcgan.set_aside(f"rejected_seed{args.seed + attempt}")
+        print(f"training with --seed {args.seed + attempt} failed its health check (kept in "
+              f"{rejected}): training again with seed {args.seed + attempt + 1}")
+        keras.utils.set_random_seed(args.seed + attempt + 1)
+    print(f"checkpoint: {dcgan.manager.latest_checkpoint} (seed {dcgan.training_seed})")
+
+
+def train_once(args, dcgan, resumed, train_images, held_out, usable, steps_per_epoch, seed):
+    """Trains (or resumes) one GAN; returns its final health verdict (None without one)."""
+    reals = health_images(args, dcgan, train_images, held_out)
     with dcgan.exclusive():
         if resumed:
+            seed = dcgan.training_seed if dcgan.training_seed is not None else seed
             print(f"resuming from step {dcgan.steps_done} in {dcgan.checkpoint_dir}")
         if dcgan.steps_done >= args.epoch * steps_per_epoch:
             print(f"already trained {dcgan.steps_done} steps ({args.epoch} epochs): raise "
                   "--epoch to train more")
-            return
-        print(f"training on {usable} images of {args.dataset}, {steps_per_epoch} steps per epoch")
-        dcgan.train(training_dataset(args, dcgan, train), steps_per_epoch, args.batch_size,
-                    model.sample_inputs(dcgan.config, args.batch_size, args.seed),
-                    seed=args.seed)
-    print(f"checkpoint: {dcgan.manager.latest_checkpoint}")
+            if dcgan.health["gan"] is None and reals is not None:
+                dcgan.training_seed = seed if dcgan.training_seed is None else dcgan.training_seed
+                dcgan.check_health(reals, "gan")
+                dcgan.write_config()
+        else:
+            print(f"training on {usable} images of {args.dataset}, {steps_per_epoch} steps per "
+                  f"epoch, seed {seed}")
+            dcgan.train(training_dataset(args, dcgan, train_images, seed), steps_per_epoch,
+                        args.batch_size, model.sample_inputs(dcgan.config, args.batch_size, seed),
+                        seed=seed, reals=reals)
+    warn(dcgan.health["gan"], gan=dcgan.config.gan)
+    return dcgan.health["gan"]
 
 
 def train_encoder(args):
-    source, train, held_out, usable, steps_per_epoch = training_split(args)
+    source, train_images, held_out, usable, steps_per_epoch = training_split(args)
     dcgan, restored = build_model(args, source.channels)
     if not restored:
         raise UsageError(f"no trained GAN in {dcgan.checkpoint_dir}: train it first (--train "
                          "with the same --dataset and sizes), then --train_encoder")
+    epochs = args.train_config.encoder_epochs_for(steps_per_epoch)
     with dcgan.exclusive():
         trained_for = dcgan.encoder_trained_for
         if trained_for not in (None, dcgan.steps_done):
             print(f"the encoder was trained for G at step {trained_for}; G is now at step "
                   f"{dcgan.steps_done}: training it again")
-        elif dcgan.encoder_steps_done >= args.encoder_epoch * steps_per_epoch:
-            print(f"encoder already trained {dcgan.encoder_steps_done} steps "
-                  f"({args.encoder_epoch} epochs): raise --encoder_epoch to train more")
+        elif dcgan.encoder_steps_done >= epochs * steps_per_epoch:
+            print(f"encoder already trained {dcgan.encoder_steps_done} steps ({epochs} epochs): "
+                  "raise --encoder_epoch or --encoder_min_steps to train more")
+            warn(dcgan.health["encoder"], "encoder")
             return
         elif dcgan.encoder_steps_done:
             print(f"resuming the encoder from step {dcgan.encoder_steps_done}")
-        print(f"training the encoder on {usable} images of {args.dataset}, {steps_per_epoch} "
-              "steps per epoch")
-        shown = held_out if len(held_out) else train
+        print(f"training the encoder on {usable} images of {args.dataset}: {epochs} epochs of "
+              f"{steps_per_epoch} steps")
+        reals = health_images(args, dcgan, train_images, held_out)
+        shown = held_out if len(held_out) else train_images
         sample_batch = next(iter(utils.make_dataset(
             shown.subset(range(min(32, len(shown)))), image_spec(args, dcgan.config), 32,
             y_dim=dcgan.config.y_dim)))
-        dcgan.train_encoder(training_dataset(args, dcgan, train), steps_per_epoch,
-                            args.batch_size, tuple(t.numpy() for t in sample_batch))
+        dcgan.train_encoder(training_dataset(args, dcgan, train_images), steps_per_epoch,
+                            args.batch_size, tuple(t.numpy() for t in sample_batch), reals)
+    result = dcgan.health["encoder"]
+    if result is not None:
+        print("encoder health: " + health.summary_line(result))
+    warn(result, "encoder")
     print(f"encoder checkpoint: {dcgan.encoder_manager.latest_checkpoint}")
 
 
@@ -448,6 +533,9 @@ def check_encoder(args, dcgan):
 def anomaly_test(args):
     dcgan = trained_model(args)
     check_encoder(args, dcgan)
+    warn(dcgan.health["gan"], gan=dcgan.config.gan)
+    if args.z_init == "encoder":
+        warn(dcgan.health["encoder"], "encoder")
     if dcgan.is_chief:
         score_and_report(args, dcgan, Path(args.test_dir) / args.test_result_dir)
         return
@@ -475,7 +563,9 @@ def score_and_report(args, dcgan, result_dir):
         "image_score": args.image_score,
         "ano_lambda": args.ano_lambda, "encoder_kappa": args.encoder_kappa,
         "test_learning_rate": args.test_learning_rate, "test_restarts": args.test_restarts,
-        "test_clip_z": args.test_clip_z, "gan_steps": dcgan.steps_done,
+        "test_clip_z": args.test_clip_z, "gan": dcgan.config.gan,
+        "training_seed": dcgan.training_seed, "health": dcgan.health,
+        "gan_steps": dcgan.steps_done,
         "encoder_steps": dcgan.encoder_steps_done if args.z_init == "encoder" else None},
         tensorboard=(args.train_config.log_dir, dcgan.steps_done, args.test_result_dir)
         if dcgan.is_chief else None)

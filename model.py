@@ -40,8 +40,19 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+import health
 import utils
-from ops import Deconv2D, batch_norm, conv2d, conv_cond_concat, frozen, halve, linear, lrelu
+from ops import (
+    Deconv2D,
+    LayerNorm,
+    batch_norm,
+    conv2d,
+    conv_cond_concat,
+    frozen,
+    halve,
+    linear,
+    lrelu,
+)
 
 
 class CheckpointError(Exception):
@@ -63,12 +74,16 @@ def check_fields(checks):
             raise ValueError(message)
 
 
+GANS = ("dcgan", "wgan_gp")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The shapes that build a DCGAN; saved as ``config.json`` beside its checkpoints.
 
     ``classes``: the labels a conditional model is trained on (one-class MNIST: the normal
-    digits); empty for all ``y_dim``.
+    digits); empty for all ``y_dim``. ``gan``: 'dcgan' (the original's losses, batch norm in D)
+    or 'wgan_gp' (f-AnoGAN's WGAN-GP; layer norm in the critic D).
     """
 
     output_height: int
@@ -81,9 +96,11 @@ class ModelConfig:
     gfc_dim: int = 1024
     dfc_dim: int = 1024
     classes: tuple = ()
+    gan: str = "dcgan"
 
     def __post_init__(self):
         check_fields([
+            (self.gan not in GANS, f"--gan must be one of {GANS}"),
             (min(self.output_height, self.output_width) < 8,
              "--output_height/width must be >= 8"),
             (self.c_dim not in (1, 3), "images must have 1 or 3 channels"),
@@ -100,6 +117,11 @@ class ModelConfig:
         """The labels a conditional model was trained on: ``classes``, else all ``y_dim``."""
         return self.classes or tuple(range(self.y_dim))
 
+    def critic_norm(self, name):
+        """D's normalisation layer: batch norm (DCGAN), or layer norm for WGAN-GP's critic,
+        whose gradient penalty is per example."""
+        return LayerNorm(name=name) if self.gan == "wgan_gp" else batch_norm(name=name)
+
     @property
     def value_range(self):
         """Pixel range of G's output: [0, 1] (sigmoid) when conditional, else [-1, 1]."""
@@ -108,11 +130,20 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters and output places of one training run (GAN and encoder)."""
+    """Hyper-parameters and output places of one training run (GAN and encoder).
+
+    ``n_critic`` and ``gp_weight`` are WGAN-GP's: G is updated after every ``n_critic``-th
+    critic update, and ``gp_weight`` weighs the gradient penalty. The encoder trains for
+    ``encoder_epochs`` epochs but at least ``encoder_min_steps`` steps, so that small folders
+    get a converged encoder too.
+    """
 
     epochs: int = 25
     learning_rate: float = 0.0002
     beta1: float = 0.5
+    beta2: float = 0.999
+    n_critic: int = 5
+    gp_weight: float = 10.0
     save_every: int = 500
     sample_every: int = 100
     sample_dir: str = "samples"
@@ -120,11 +151,16 @@ class TrainConfig:
     encoder_epochs: int = 3
     encoder_learning_rate: float = 0.00005
     encoder_kappa: float = 1.0
+    encoder_min_steps: int = 250
 
     def __post_init__(self):
         check_fields([
             (self.epochs < 1, "--epoch must be positive"),
             (self.encoder_epochs < 1, "--encoder_epoch must be positive"),
+            (self.encoder_min_steps < 0, "--encoder_min_steps must be >= 0"),
+            (self.n_critic < 1, "--n_critic must be positive"),
+            (not self.gp_weight >= 0, "--gp_weight must be >= 0"),
+            (not 0.0 <= self.beta2 < 1.0, "--beta2 must be in [0, 1)"),
             (not min(self.learning_rate, self.encoder_learning_rate) > 0,
              "learning rates must be > 0"),
             (not 0.0 <= self.beta1 < 1.0, "--beta1 must be in [0, 1)"),
@@ -132,6 +168,10 @@ class TrainConfig:
              "--save_every/--sample_every must be > 0"),
             (not self.encoder_kappa >= 0, "--encoder_kappa must be >= 0"),
         ])
+
+    def encoder_epochs_for(self, steps_per_epoch):
+        """The encoder's epochs: ``encoder_epochs``, or more to reach ``encoder_min_steps``."""
+        return max(self.encoder_epochs, math.ceil(self.encoder_min_steps / steps_per_epoch))
 
 
 SCORES = ("anogan", "izif")
@@ -248,6 +288,28 @@ def generator_loss(fake_logits):
     return per_example_bce(fake_logits, 1.0)
 
 
+def critic_loss(real_logits, fake_logits):
+    """Per example: the WGAN critic's loss D(G(z)) - D(x), to be minimised."""
+    return tf.reduce_sum(fake_logits - real_logits, axis=1)
+
+
+def wasserstein_generator_loss(fake_logits):
+    """Per example: G's WGAN loss -D(G(z))."""
+    return -tf.reduce_sum(fake_logits, axis=1)
+
+
+def gradient_penalty(critic, real, fake, alpha):
+    """Per example: WGAN-GP's (||grad_x critic(x_hat)||_2 - 1)^2 at x_hat = real + alpha
+    (fake - real), ``alpha`` (batch, 1, 1, 1) in [0, 1] (Gulrajani et al. 2017)."""
+    interpolates = real + alpha * (fake - real)
+    with tf.GradientTape() as tape:
+        tape.watch(interpolates)
+        total = tf.reduce_sum(critic(interpolates))
+    gradients = tape.gradient(total, interpolates)
+    slopes = tf.sqrt(tf.reduce_sum(tf.square(flat(gradients)), axis=1) + 1e-12)
+    return tf.square(slopes - 1.0)
+
+
 def flat(tensor):
     """(batch, everything else) view of a batch of images or feature maps."""
     return tf.reshape(tensor, (tf.shape(tensor)[0], -1))
@@ -314,11 +376,12 @@ class Discriminator(keras.Model):
     ``features`` is the last conv block, the f(x) of AnoGAN's feature matching.
     """
 
-    def __init__(self, config, units=1, prefix="d", name="discriminator"):
+    def __init__(self, config, units=1, prefix="d", name="discriminator", norm=None):
         super().__init__(name=name)
         self.convs = [conv2d(config.df_dim * 2 ** i, name=f"{prefix}_h{i}_conv")
                       for i in range(4)]
-        self.bns = [None] + [batch_norm(name=f"{prefix}_bn{i}") for i in range(1, 4)]
+        norm = norm or config.critic_norm
+        self.bns = [None] + [norm(f"{prefix}_bn{i}") for i in range(1, 4)]
         self.logit = linear(units, name=f"{prefix}_h4_lin")
 
     def call(self, images, y=None, training=False):
@@ -336,7 +399,7 @@ class Encoder(Discriminator):
     """
 
     def __init__(self, config):
-        super().__init__(config, units=config.z_dim, prefix="e", name="encoder")
+        super().__init__(config, units=config.z_dim, prefix="e", name="encoder", norm=batch_norm)
 
     def call(self, images, y=None, training=False):
         if y is not None and y.shape[-1]:
@@ -381,8 +444,8 @@ class ConditionalDiscriminator(keras.Model):
         self.conv1 = conv2d(config.df_dim + config.y_dim, name="d_h1_conv")
         self.fc2 = linear(config.dfc_dim, name="d_h2_lin")
         self.logit = linear(1, name="d_h3_lin")
-        self.bn1 = batch_norm(name="d_bn1")
-        self.bn2 = batch_norm(name="d_bn2")
+        self.bn1 = config.critic_norm("d_bn1")
+        self.bn2 = config.critic_norm("d_bn2")
 
     def call(self, images, y=None, training=False):
         h = lrelu(self.conv0(conv_cond_concat(images, y)))
@@ -499,6 +562,14 @@ def sample_inputs(config, count, seed=0):
     return z, np.zeros((count, 0), np.float32)
 
 
+HEALTH_SEED = 12345
+"""Seed of the health check's G samples and search starts (fixed: its values compare across
+epochs and runs)."""
+
+HEALTH_SEARCH = SearchConfig(steps=50, learning_rate=0.03, clip_z=True, score="izif")
+"""The short latent search E is compared with: izi_f's loss, 50 steps of 0.03 within G's prior."""
+
+
 def starting_z(indices, z_dim, seed=0, restarts=1):
     """The latent search's U(-1, 1) starting z of each image index, reproducible from ``seed``.
 
@@ -530,9 +601,11 @@ class DCGAN:
             self.discriminator = (ConditionalDiscriminator if conditional
                                   else Discriminator)(config)
             self.encoder = Encoder(config)
-            self.d_optim, self.g_optim, self.e_optim = (
-                keras.optimizers.Adam(rate, beta_1=self.train_config.beta1)
-                for rate in self._learning_rates)
+            cfg = self.train_config
+            self.d_optim, self.g_optim = (
+                keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.beta1, beta_2=cfg.beta2)
+                for _ in range(2))
+            self.e_optim = keras.optimizers.Adam(cfg.encoder_learning_rate, beta_1=0.5)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.encoder_step = tf.Variable(0, dtype=tf.int64, trainable=False,
                                             name="encoder_step")
@@ -549,6 +622,8 @@ class DCGAN:
         self.encoder_manager = tf.train.CheckpointManager(
             self.encoder_checkpoint, str(self.checkpoint_dir / "encoder"), 3)
         self.statistics_missing = False
+        self.health = {"gan": None, "encoder": None}
+        self.training_seed = None
         self._searches = {}
         self._lock_depth = 0
 
@@ -586,7 +661,9 @@ class DCGAN:
         latest = self.manager.latest_checkpoint
         if latest is None:
             return False
-        self._check_config()
+        saved = self._check_config()
+        self.health = {**self.health, **saved.get("health", {})}
+        self.training_seed = saved.get("training_seed")
         self.statistics_missing = self._restore(self.checkpoint, latest)
         encoder_latest = self.encoder_manager.latest_checkpoint
         if encoder_latest is not None:
@@ -597,9 +674,9 @@ class DCGAN:
         return True
 
     def _check_config(self):
-        """Raises ``CheckpointError`` when config.json describes another model than ours."""
+        """config.json's contents; ``CheckpointError`` when it describes another model."""
         if not self.config_path.exists():
-            return
+            return {}
         saved = json.loads(self.config_path.read_text())
         wanted = json.loads(json.dumps(dataclasses.asdict(self.config)))  # tuples as lists
         differing = sorted(k for k in wanted if saved.get(k, wanted[k]) != wanted[k])
@@ -609,6 +686,7 @@ class DCGAN:
             raise CheckpointError(f"checkpoint in {self.checkpoint_dir} was built with another "
                                   f"model ({details}): pass the flags it was trained with, or "
                                   "use another --checkpoint_dir")
+        return saved
 
     @staticmethod
     def _restore(checkpoint, path):
@@ -689,12 +767,31 @@ class DCGAN:
             return None
         with self.exclusive():
             path = manager.save(checkpoint_number=number)
-            encoder = None if self.encoder_trained_for is None else {
-                "steps": self.encoder_steps_done, "trained_for_step": self.encoder_trained_for,
-                "kappa": self.train_config.encoder_kappa}
-            utils.write_text(self.config_path, json.dumps(
-                {**dataclasses.asdict(self.config), "encoder": encoder}, indent=2))
+            self.write_config()
         return path
+
+    def set_aside(self, name):
+        """Moves this training's checkpoints and config.json into the sub-folder ``name`` (a
+        failed training kept for inspection); the folder then holds no checkpoint. Returns it."""
+        target = self.checkpoint_dir / name
+        with self.exclusive():
+            target.mkdir(parents=True, exist_ok=True)
+            prefixes = [Path(path).name for path in self.manager.checkpoints]
+            for path in self.checkpoint_dir.iterdir():
+                if path.is_file() and (path.name in ("checkpoint", "config.json")
+                                       or path.name.split(".")[0] in prefixes):
+                    os.replace(path, target / path.name)
+        return target
+
+    def write_config(self):
+        """Writes config.json: the model's shapes, the seed it was trained with, its encoder
+        and the training health."""
+        encoder = None if self.encoder_trained_for is None else {
+            "steps": self.encoder_steps_done, "trained_for_step": self.encoder_trained_for,
+            "kappa": self.train_config.encoder_kappa}
+        utils.write_text(self.config_path, json.dumps(
+            {**dataclasses.asdict(self.config), "training_seed": self.training_seed,
+             "encoder": encoder, "health": self.health}, indent=2))
 
     # Training --------------------------------------------------------------------------------
 
@@ -713,6 +810,8 @@ class DCGAN:
 
     def _train_step(self, images, labels, z, global_batch):
         """One D update, then two G updates on the same z (the original's schedule)."""
+        if self.config.gan == "wgan_gp":
+            return self._wgan_gp_step(images, labels, z, global_batch)
         def average(losses):
             return tf.nn.compute_average_loss(losses, global_batch_size=global_batch)
 
@@ -727,6 +826,34 @@ class DCGAN:
             variables = self.generator.trainable_variables
             self.g_optim.apply_gradients(zip(tape.gradient(g_loss, variables), variables))
         return {"d_loss": d_loss, "g_loss": g_loss}
+
+    def _wgan_gp_step(self, images, labels, z, global_batch):
+        """One critic update with the gradient penalty; after every ``n_critic``-th, one G update
+        (f-AnoGAN's WGAN-GP schedule). g_loss is G's loss before its update."""
+        cfg = self.train_config
+
+        def average(losses):
+            return tf.nn.compute_average_loss(losses, global_batch_size=global_batch)
+
+        def critic(inputs):
+            return self.discriminator(inputs, labels, training=True)[0]
+
+        alpha = tf.random.uniform((tf.shape(images)[0], 1, 1, 1))
+        with tf.GradientTape() as tape:
+            fakes = self.generator(z, labels, training=True)
+            real_logits, fake_logits = critic(images), critic(fakes)
+            penalty = gradient_penalty(critic, images, fakes, alpha)
+            d_loss = average(critic_loss(real_logits, fake_logits) + cfg.gp_weight * penalty)
+        variables = self.discriminator.trainable_variables
+        self.d_optim.apply_gradients(zip(tape.gradient(d_loss, variables), variables))
+        g_loss = average(wasserstein_generator_loss(fake_logits))
+        if (self.step + 1) % cfg.n_critic == 0:
+            with tf.GradientTape() as tape:
+                g_loss = average(wasserstein_generator_loss(critic(
+                    self.generator(z, labels, training=True))))
+            variables = self.generator.trainable_variables
+            self.g_optim.apply_gradients(zip(tape.gradient(g_loss, variables), variables))
+        return {"d_loss": d_loss, "g_loss": g_loss, "gradient_penalty": average(penalty)}
 
     def _replay_step(self, images, labels, z, global_batch):
         """The training step's forward passes without updates: moves only batch-norm statistics."""
@@ -774,26 +901,75 @@ class DCGAN:
         """The compiled training step on a global batch of (images, labels, z): {loss: value}."""
         return self._distributed(self._train_step, self.step, batch_size)
 
-    def train(self, dataset, steps_per_epoch, batch_size, sample_inputs, seed=0):
+    def train(self, dataset, steps_per_epoch, batch_size, sample_inputs, seed=0, reals=None):
         """Trains G and D until ``epochs`` epochs of ``steps_per_epoch`` batches are done.
 
         ``dataset`` yields (images, labels) batches of ``batch_size`` and is iterated once per
         epoch; ``sample_inputs`` is the fixed (z, labels) of the sample grids. Resumes from
-        ``self.step``. Returns the (d_loss, g_loss) of each step of this run.
+        ``self.step``. With ``reals`` (``health.RealImages``) G's health is checked at every
+        epoch's end (``self.health['gan']``). Returns the (d_loss, g_loss) of each step of this
+        run.
         """
+        self.training_seed = seed
+
         def samples(epoch, index, writer):
             return self.save_samples(sample_inputs, epoch, index, writer)
 
+        def epoch_end(writer):
+            if reals is None:
+                return ""
+            result = self._record_health("gan", self.gan_health(reals), writer, self.steps_done)
+            return ", " + health.summary_line(result)
+
         return self._fit(lambda epoch: self._with_noise(dataset, seed + epoch), steps_per_epoch,
                          self.train_config.epochs, self.train_step_fn(batch_size),
-                         lambda: self.steps_done, self.save, samples, "")
+                         lambda: self.steps_done, self.save, samples, "", epoch_end)
 
-    def train_encoder(self, dataset, steps_per_epoch, batch_size, sample_images):
-        """Trains E with G and D frozen until ``encoder_epochs`` epochs are done (izi_f loss).
+    def gan_health(self, reals):
+        """G's health verdict (``health.gan_measures``) against the real images ``reals``."""
+        z, labels = sample_inputs(self.config, len(reals.queries), HEALTH_SEED)
+        fakes = self.generate(z, labels)
+        return health.verdict(health.gan_measures(
+            reals.unit(fakes), reals.unit(reals.queries), reals.unit(reals.references)))
+
+    def encoder_health(self, reals):
+        """E's health verdict (``health.encoder_measures``) on the held-out images of ``reals``:
+        G(E(x)) against the mean training image and against a short search from random z."""
+        images, labels = reals.held_out, reals.held_out_labels
+        reconstructions = self.generate(self.encode(images, labels).numpy(), labels)
+        z0 = starting_z(range(len(images)), self.config.z_dim, HEALTH_SEED)
+        searched = self.search(images, labels, z0, HEALTH_SEARCH).final
+        return health.verdict(health.encoder_measures(
+            reals.unit(images), reals.unit(reconstructions), reals.unit(searched),
+            reals.unit(reals.references)))
+
+    def _record_health(self, part, result, writer, step):
+        """Keeps a health verdict (saved in config.json) and logs its values to TensorBoard."""
+        self.health[part] = result
+        with writer.as_default(step=step):
+            for name, value in result.items():
+                if isinstance(value, float):
+                    tf.summary.scalar(f"health/{name}", value)
+            tf.summary.scalar(f"health/{part}_passed", float(result["passed"]))
+        return result
+
+    def check_health(self, reals, part):
+        """Runs and records one health check ('gan' or 'encoder') outside training."""
+        check = self.gan_health if part == "gan" else self.encoder_health
+        writer = tf.summary.create_file_writer(self.train_config.log_dir)
+        step = self.steps_done if part == "gan" else self.encoder_steps_done
+        result = self._record_health(part, check(reals), writer, step)
+        writer.close()
+        return result
+
+    def train_encoder(self, dataset, steps_per_epoch, batch_size, sample_images, reals=None):
+        """Trains E with G and D frozen for ``encoder_epochs_for(steps_per_epoch)`` epochs
+        (izi_f loss).
 
         Starts over (from E's current weights) when E was trained for another G. Grids of
-        ``sample_images`` beside G(E(x)) go to the sample folder. Returns the losses of each
-        step of this run.
+        ``sample_images`` beside G(E(x)) go to the sample folder. With ``reals``, E's health is
+        checked at the end (``self.health['encoder']``). Returns the losses of each step of
+        this run.
         """
         if self.encoder_trained_for not in (None, self.steps_done):
             self.encoder_step.assign(0)
@@ -803,10 +979,15 @@ class DCGAN:
         def samples(epoch, index, writer):
             return self.save_reconstructions(images, labels, epoch, index, writer)
 
-        return self._fit(lambda epoch: dataset, steps_per_epoch,
-                         self.train_config.encoder_epochs,
-                         self._distributed(self._encoder_step, self.encoder_step, batch_size),
-                         lambda: self.encoder_steps_done, self.save_encoder, samples, "encoder ")
+        epochs = self.train_config.encoder_epochs_for(steps_per_epoch)
+        history = self._fit(lambda epoch: dataset, steps_per_epoch, epochs,
+                            self._distributed(self._encoder_step, self.encoder_step, batch_size),
+                            lambda: self.encoder_steps_done, self.save_encoder, samples,
+                            "encoder ", lambda writer: "")
+        if reals is not None and self.is_chief:
+            self.check_health(reals, "encoder")
+            self.write_config()
+        return history
 
     def estimate_statistics(self, dataset, batch_size, batches=50, seed=0):
         """Re-estimates G's and D's batch-norm moving statistics at the current weights.
@@ -821,14 +1002,15 @@ class DCGAN:
         self.statistics_missing = False
 
     def _fit(self, epoch_batches, steps_per_epoch, epochs, step_fn, steps_done, save, samples,
-             label):
+             label, epoch_end):
         """The training loop of the GAN and of the encoder.
 
         ``epoch_batches(epoch)`` is the dataset of an epoch; ``step_fn`` one compiled step on a
         batch, advancing ``steps_done()``; ``save()`` writes a checkpoint and ``samples(epoch,
         index, writer)`` a sample grid (every ``sample_every`` steps, at the end of every epoch
-        and when training stops). Resumes from ``steps_done()``; stops between steps on
-        SIGINT/SIGTERM after saving. Returns the losses of each step of this run.
+        and when training stops); ``epoch_end(writer)`` adds to the line printed after each
+        epoch. Resumes from ``steps_done()``; stops between steps on SIGINT/SIGTERM after
+        saving. Returns the losses of each step of this run.
         """
         cfg = self.train_config
         writer = (tf.summary.create_file_writer(cfg.log_dir) if self.is_chief
@@ -871,7 +1053,8 @@ class DCGAN:
                         history += losses
                         tqdm.write(f"{label}epoch {epoch + 1}/{epochs} done: step {steps_done()}"
                                    + "".join(f", mean {name} {np.mean(values):.4f}"
-                                             for name, values in columns(losses).items()))
+                                             for name, values in columns(losses).items())
+                                   + (epoch_end(writer) if self.is_chief else ""))
                         epoch += 1
             except KeyboardInterrupt:
                 sample(min(epoch, epochs - 1))

@@ -36,6 +36,20 @@ def batch_norm(name=None):
     return keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=name)
 
 
+class LayerNorm(keras.layers.Layer):
+    """Layer normalisation of each example over all its axes, with a per-channel scale and
+    offset: the normalisation of WGAN-GP's critic (f-AnoGAN's ``Layernorm`` over C, H, W)."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(name="scale", shape=(input_shape[-1],), initializer="ones")
+        self.offset = self.add_weight(name="offset", shape=(input_shape[-1],),
+                                      initializer="zeros")
+
+    def call(self, x, training=False):
+        mean, variance = tf.nn.moments(x, list(range(1, len(x.shape))), keepdims=True)
+        return (x - mean) * tf.math.rsqrt(variance + 1e-5) * self.scale + self.offset
+
+
 def lrelu(x, leak=0.2):
     """Leaky ReLU with the original's slope."""
     return tf.maximum(x, leak * x)

@@ -1,40 +1,55 @@
-"""One-class MNIST: detection quality and speed of the scoring modes, per normal digit.
+"""One-class MNIST: detection quality of the scoring modes per normal digit and seed.
 
-    python benchmarks/mnist_one_class.py --data_dir ../shared/data --digits 0,7 --epochs 5
-        [--encoder_epoch 10] [--test_size 1000] [--modes a,b,c,b_izif] [--work_dir out/mnist]
-        [--y_dim 0]
+    python benchmarks/mnist_one_class.py --data_dir ../shared/data --digits 0,7 --seeds 0,1,2
+        [--epochs 5] [--gan dcgan|wgan_gp] [--modes b_izif] [--test_size 1000]
+        [--retries 1] [--work_dir out/mnist_one_class]
 
-For each digit: trains a one-class DCGAN (``main.py --normal_class <digit> --train``; the
-original's class-conditional MNIST model, or with ``--y_dim 0`` the unconditional one) for
-``--epochs`` epochs, trains its izi_f encoder (``--train_encoder``), then scores the same
-``--test_size`` stratified MNIST test images with each mode:
+For each digit and seed: trains a one-class GAN (``main.py --normal_class <digit> --seed <s>
+--train``; the original's class-conditional MNIST model) for ``--epochs`` epochs with its
+health check (and ``--retries``), trains its izi_f encoder (``--train_encoder``), then scores
+the same ``--test_size`` stratified MNIST test images with each mode:
 
+- ``b_izif`` (the declared mode, the README's recommendation): z = E(x), no search,
+  f-AnoGAN's izi_f score (``--z_init encoder --test_epoch 0 --score izif``);
 - ``a``: the original search, z from U(-1, 1), ``--test_epoch`` steps (100);
-- ``b``: the encoder alone, z = E(x), no search (``--test_epoch 0``; f-AnoGAN);
-- ``c``: the search started at E(x) (``--c_learning_rate``, ``--test_epoch`` steps);
-- ``b_izif`` / ``c_izif``: as b / c, scored (and searched) with f-AnoGAN's izi_f score.
+- ``b``: z = E(x), no search, the original's score;
+- ``c`` / ``c_izif``: the search started at E(x), scored with the original's / izi_f's score.
 
-Prints one JSON object per digit (each mode's ROC AUC, PR AUC, images/s) and a summary beside
-the published AnoGAN row (Ruff et al., Deep SVDD, ICML 2018, Table 1). Checkpoints and results
-are kept under ``--work_dir`` and reused: a later run with more digits, epochs or encoder epochs
-trains only what is missing (a longer GAN training resumes from the longest shorter one); one
-``--work_dir`` holds one kind of model (``--y_dim``).
-Several ``--encoder_epoch`` values (e.g. 1,3,10) train the encoder in turn and score after each
-(an encoder trained further before is not shortened: ``encoder_steps`` says what was scored).
+Every run is kept: one JSON object per (digit, seed) with each mode's ROC AUC, PR AUC and
+images/s, the health check's values and verdict, the seed training kept (after a retry) and
+the seconds of a training epoch (from its logged steps); then a summary: per digit and mode the mean and standard
+deviation over seeds, the mean over all runs, the published AnoGAN rows beside them, the
+health verdicts, and the runs below 0.80 the check passed. Runs are stored under
+``--work_dir`` (checkpoints, results, ``runs/*.json``) and reused, so the table can grow across
+several invocations; a longer GAN training resumes from the longest shorter one.
 """
 
 import argparse
+import itertools
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import common
+import numpy as np
+import tensorflow as tf
 
 import main as anogan
 
-PUBLISHED_ANOGAN = {0: 0.966, 1: 0.992, 2: 0.850, 3: 0.887, 4: 0.894, 5: 0.883, 6: 0.947,
-                    7: 0.935, 8: 0.849, 9: 0.924}
-"""ROC AUC of AnoGAN per normal MNIST digit, Deep SVDD paper (ICML 2018), Table 1."""
+PUBLISHED_ANOGAN = {
+    "deep_svdd": {0: 0.966, 1: 0.992, 2: 0.850, 3: 0.887, 4: 0.894, 5: 0.883, 6: 0.947,
+                  7: 0.935, 8: 0.849, 9: 0.924},
+    "cheng_2020": {0: 0.990, 1: 0.998, 2: 0.888, 3: 0.913, 4: 0.944, 5: 0.912, 6: 0.925,
+                   7: 0.964, 8: 0.883, 9: 0.958},
+}
+"""ROC AUC of AnoGAN per normal MNIST digit as quoted by Ruff et al. (Deep SVDD, ICML 2018,
+Table 1) and by Cheng et al. (2020)."""
+
+OCGAN_MEAN = 0.975
+"""OCGAN's mean ROC AUC over the ten digits (Perera et al., CVPR 2019)."""
+
+DECLARED_MODE = "b_izif"
 
 MODES = {
     "a": {"z_init": "random", "search": True, "score": "anogan"},
@@ -43,6 +58,9 @@ MODES = {
     "b_izif": {"z_init": "encoder", "search": False, "score": "izif"},
     "c_izif": {"z_init": "encoder", "search": True, "score": "izif"},
 }
+
+LOW_AUC = 0.80
+"""A run below this ROC AUC counts as failed; the health check should have flagged it."""
 
 
 def int_list(text):
@@ -53,128 +71,169 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", default="data", help="folder holding mnist/")
     parser.add_argument("--digits", type=int_list, default=list(range(10)))
+    parser.add_argument("--seeds", type=int_list, default=[0])
     parser.add_argument("--epochs", type=int, default=5, help="GAN training epochs")
-    parser.add_argument("--encoder_epoch", type=int_list, default=None,
-                        help="encoder epochs; several values train and score in turn "
-                             "[main.py's default]")
-    parser.add_argument("--encoder_learning_rate", type=float,
-                        default=anogan.model.TrainConfig.encoder_learning_rate)
+    parser.add_argument("--gan", choices=anogan.model.GANS, default="dcgan")
+    parser.add_argument("--retries", type=int, default=None, help="[main.py's default]")
     parser.add_argument("--test_size", type=int, default=1000)
     parser.add_argument("--test_epoch", type=int, default=100, help="search steps of a and c")
-    parser.add_argument("--c_learning_rate", type=float, default=0.001,
-                        help="search learning rate of modes c (a keeps the original's 0.001)")
-    parser.add_argument("--modes", default="a,b,c,b_izif")
+    parser.add_argument("--modes", default=DECLARED_MODE)
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--y_dim", type=int, default=10,
-                        help="10: the original's conditional MNIST model; 0: unconditional")
     parser.add_argument("--work_dir", default="out/mnist_one_class")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extra", default="",
+                        help="further main.py flags for training and scoring, space-separated")
     args = parser.parse_args(argv)
     args.modes = args.modes.split(",")
     unknown = set(args.modes) - set(MODES)
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}; choose from {sorted(MODES)}")
-    if args.encoder_epoch is None:
-        args.encoder_epoch = [anogan.model.TrainConfig.encoder_epochs]
     return args
 
 
-def checkpoint_root(args, epochs):
-    return Path(args.work_dir) / f"checkpoint_e{epochs}"
+def run_root(args, seed, epochs=None):
+    return Path(args.work_dir) / args.gan / f"e{epochs or args.epochs}_seed{seed}"
 
 
-def model_folder(args, digit, epochs):
-    return checkpoint_root(args, epochs) / f"mnist_{args.batch_size}_28_28_normal{digit}"
+def model_folder(args, digit, seed, epochs=None):
+    name = f"mnist_{args.batch_size}_28_28_normal{digit}"
+    if args.gan != "dcgan":
+        name += f"_{args.gan}"
+    return run_root(args, seed, epochs) / "checkpoint" / name
 
 
-def seed_from_shorter_training(args, digit):
-    """Copies the GAN of the longest shorter training of ``digit`` (not its encoder), if any,
-    so that this training resumes from it."""
-    target = model_folder(args, digit, args.epochs)
+def seed_from_shorter_training(args, digit, seed):
+    """Copies the GAN of the longest shorter training of (``digit``, ``seed``), if any, so
+    that this training resumes from it (its encoder is not copied)."""
+    target = model_folder(args, digit, seed)
     if (target / "checkpoint").exists():
         return
-    shorter = sorted((int(p.name.split("_e")[1]), p) for p in Path(args.work_dir).glob(
-        "checkpoint_e*") if int(p.name.split("_e")[1]) < args.epochs)
-    for _, root in reversed(shorter):
-        source = root / target.name
+    shorter = sorted(int(p.name[1:].split("_seed")[0]) for p in
+                     (Path(args.work_dir) / args.gan).glob(f"e*_seed{seed}"))
+    for epochs in reversed([e for e in shorter if e < args.epochs]):
+        source = model_folder(args, digit, seed, epochs)
         if (source / "checkpoint").exists():
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("encoder", ".lock"))
             return
 
 
-def score(args, common_flags, digit, mode, encoder_epochs):
+def seconds_per_epoch(log_dir, steps_per_epoch):
+    """A training epoch's seconds from its TensorBoard steps: the median time between two
+    logged steps (d_loss) times the steps per epoch; None without such events."""
+    walls = {}
+    for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            if any(value.tag == "d_loss" for value in event.summary.value):
+                walls[event.step] = event.wall_time
+    steps = sorted(walls)
+    gaps = [walls[b] - walls[a] for a, b in itertools.pairwise(steps) if b == a + 1]
+    return round(float(np.median(gaps)) * steps_per_epoch, 1) if gaps else None
+
+
+def score(args, common_flags, root, mode):
     """Runs one mode (or reuses its earlier result); returns its metrics."""
     spec = MODES[mode]
-    tag = f"d{digit}_e{args.epochs}_n{args.test_size}_{mode}"
-    if spec["z_init"] == "encoder":
-        tag += f"_enc{encoder_epochs}_elr{args.encoder_learning_rate:g}"
-    if spec["z_init"] == "encoder" and spec["search"]:
-        tag += f"_lr{args.c_learning_rate:g}"
-    result_dir = Path(args.work_dir) / "results" / tag
+    tag = f"n{args.test_size}_{mode}"
+    result_dir = root / "results" / tag
     if not (result_dir / "metrics.json").exists():
         common.run_main([*common_flags, "--anomaly_test", "--test_size", args.test_size,
                          "--test_dir", result_dir.parent, "--test_result_dir", tag,
                          "--z_init", spec["z_init"], "--score", spec["score"],
-                         "--test_epoch", args.test_epoch if spec["search"] else 0,
-                         "--test_learning_rate",
-                         args.c_learning_rate if spec["z_init"] == "encoder" else 0.001])
+                         "--test_epoch", args.test_epoch if spec["search"] else 0])
     metrics = json.loads((result_dir / "metrics.json").read_text())
-    return {key: metrics[key] for key in ("roc_auc", "pr_auc", "images_per_second", "seconds",
-                                          "encoder_steps")}
+    return {key: metrics.get(key) for key in ("roc_auc", "pr_auc", "images_per_second",
+                                              "seconds", "encoder_steps")}
 
 
-def benchmark_digit(args, digit):
+def benchmark_run(args, digit, seed):
+    """Trains (or reuses) one digit's GAN and encoder at one seed and scores every mode."""
+    root = run_root(args, seed)
+    record = Path(args.work_dir) / "runs" / f"{args.gan}_e{args.epochs}_d{digit}_s{seed}.json"
     common_flags = ["--dataset", "mnist", "--normal_class", digit, "--data_dir", args.data_dir,
-                    "--checkpoint_dir", checkpoint_root(args, args.epochs), "--seed", args.seed,
-                    "--batch_size", args.batch_size, "--y_dim", args.y_dim,
-                    "--sample_dir", Path(args.work_dir) / "samples" / f"d{digit}_e{args.epochs}",
-                    "--log_dir", Path(args.work_dir) / "logs" / f"e{args.epochs}"]
-    seed_from_shorter_training(args, digit)
-    row = {"digit": digit, "y_dim": args.y_dim, "gan_epochs": args.epochs,
-           "test_size": args.test_size,
-           "published_anogan_roc_auc": PUBLISHED_ANOGAN[digit],
-           "train_seconds": common.run_main([*common_flags, "--epoch", args.epochs, "--train"])}
-    if "a" in args.modes:
-        row["a"] = score(args, common_flags, digit, "a", None)
-    for epochs in sorted(args.encoder_epoch):
-        flags = [*common_flags, "--epoch", args.epochs, "--encoder_epoch", epochs,
-                 "--encoder_learning_rate", args.encoder_learning_rate]
-        row[f"encoder_seconds_{epochs}"] = common.run_main([*flags, "--train_encoder"])
-        for mode in args.modes:
-            if mode != "a":
-                row[f"{mode}@{epochs}" if len(args.encoder_epoch) > 1 else mode] = score(
-                    args, flags, digit, mode, epochs)
-    aucs = {k: v["roc_auc"] for k, v in row.items() if isinstance(v, dict)}
-    row["best_mode"] = max(aucs, key=aucs.get)
-    row["best_roc_auc"] = aucs[row["best_mode"]]
+                    "--checkpoint_dir", root / "checkpoint", "--seed", seed, "--gan", args.gan,
+                    "--batch_size", args.batch_size, "--epoch", args.epochs,
+                    "--sample_dir", root / "samples" / f"d{digit}", "--log_dir", root / "logs",
+                    *args.extra.split()]
+    if args.retries is not None:
+        common_flags += ["--retries", args.retries]
+    row = json.loads(record.read_text()) if record.exists() else {}
+    seed_from_shorter_training(args, digit, seed)
+    if "train_seconds" not in row:
+        row["train_seconds"] = common.run_main([*common_flags, "--train"])
+        row["encoder_seconds"] = common.run_main([*common_flags, "--train_encoder"])
+    folder = model_folder(args, digit, seed)
+    config = json.loads((folder / "config.json").read_text())
+    steps = int(tf.train.latest_checkpoint(str(folder)).rsplit("-", 1)[1])
+    row["seconds_per_epoch"] = seconds_per_epoch(root / "logs" / folder.name,
+                                                 steps // args.epochs)
+    rejected = sorted(p.name for p in model_folder(args, digit, seed).glob("rejected_seed*"))
+    row.update({"digit": digit, "seed": seed, "gan": args.gan, "gan_epochs": args.epochs,
+                "test_size": args.test_size, "training_seed": config.get("training_seed"),
+                "rejected_trainings": rejected, "health": config.get("health"),
+                "published_anogan_roc_auc": {name: row_[digit]
+                                             for name, row_ in PUBLISHED_ANOGAN.items()}})
+    for mode in args.modes:
+        row[mode] = score(args, common_flags, root, mode)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(row, indent=2) + "\n")
     return row
 
 
-def summary(rows):
-    """Mean ROC AUC per mode, the best mode's mean and the digits below the published row."""
-    modes = [k for k, v in rows[0].items() if isinstance(v, dict)]
-    mean = {mode: round(sum(r[mode]["roc_auc"] for r in rows) / len(rows), 4) for mode in modes}
-    speed = {mode: round(sum(r[mode]["images_per_second"] for r in rows) / len(rows), 2)
-             for mode in modes}
-    figures = {"digits": [r["digit"] for r in rows], "mean_roc_auc": mean,
-               "mean_images_per_second": speed,
-               "mean_best_roc_auc": round(sum(r["best_roc_auc"] for r in rows) / len(rows), 4),
-               "published_anogan_mean": round(
-                   sum(r["published_anogan_roc_auc"] for r in rows) / len(rows), 4),
-               "below_published": [r["digit"] for r in rows
-                                   if r["best_roc_auc"] < r["published_anogan_roc_auc"]]}
-    if "a" in speed and "b" in speed:
-        figures["b_over_a_images_per_second"] = round(speed["b"] / speed["a"], 1)
+def health_passed(row, part):
+    result = (row.get("health") or {}).get(part)
+    return None if result is None else result["passed"]
+
+
+def mean_std(values):
+    return {"mean": round(statistics.fmean(values), 4),
+            "std": round(statistics.stdev(values), 4) if len(values) > 1 else None,
+            "n": len(values)}
+
+
+def summary(rows, modes):
+    """Per digit and mode mean and deviation over seeds, means over all runs, the published
+    rows beside them, and the health check's verdicts."""
+    digits = sorted({r["digit"] for r in rows})
+    per_digit = {}
+    for digit in digits:
+        runs = [r for r in rows if r["digit"] == digit]
+        per_digit[digit] = {mode: mean_std([r[mode]["roc_auc"] for r in runs]) for mode in modes}
+        for name, published in PUBLISHED_ANOGAN.items():
+            per_digit[digit][f"published_{name}"] = published[digit]
+    declared = [m for m in modes if m == DECLARED_MODE] or modes[:1]
+    figures = {
+        "runs": len(rows), "digits": digits, "seeds": sorted({r["seed"] for r in rows}),
+        "per_digit": per_digit,
+        "mean_roc_auc_over_runs": {m: mean_std([r[m]["roc_auc"] for r in rows])
+                                   for m in modes},
+        "published_anogan_mean": {name: round(statistics.fmean(p[d] for d in digits), 4)
+                                  for name, p in PUBLISHED_ANOGAN.items()},
+        "ocgan_mean": OCGAN_MEAN,
+        "digits_below_published": {
+            name: [d for d in digits if per_digit[d][declared[0]]["mean"] < p[d]]
+            for name, p in PUBLISHED_ANOGAN.items()},
+        "health_failed_gan": [(r["digit"], r["seed"]) for r in rows
+                              if health_passed(r, "gan") is False],
+        "health_failed_encoder": [(r["digit"], r["seed"]) for r in rows
+                                  if health_passed(r, "encoder") is False],
+        "retried": [(r["digit"], r["seed"], r["training_seed"]) for r in rows
+                    if r["rejected_trainings"]],
+        f"below_{LOW_AUC}_passed_health": [
+            (r["digit"], r["seed"]) for r in rows if r[declared[0]]["roc_auc"] < LOW_AUC
+            and health_passed(r, "gan") and health_passed(r, "encoder") is not False],
+        "seconds_per_epoch": mean_std([r["seconds_per_epoch"] for r in rows
+                                       if r["seconds_per_epoch"] is not None] or [0.0]),
+    }
     return figures
 
 
 def main(argv=None):
     args = parse_args(argv)
     rows = []
-    for digit in args.digits:
-        rows.append(benchmark_digit(args, digit))
-        common.print_json(rows[-1])
-    common.print_json({"summary": summary(rows), **common.environment()})
+    for seed in args.seeds:
+        for digit in args.digits:
+            rows.append(benchmark_run(args, digit, seed))
+            common.print_json(rows[-1])
+    common.print_json({"summary": summary(rows, args.modes), **common.environment()})
 
 
 if __name__ == "__main__":

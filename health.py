@@ -1,0 +1,153 @@
+"""Training health: label-free checks that G learnt the normal images and that E inverts G.
+
+A GAN can end its training normally and still be useless: G collapsed onto a few images, or
+still draws noise. Anomaly scores of such a G rank at or below chance. These checks use the
+training images alone, in pixels scaled to [0, 1], and RMS distances per pixel:
+
+- ``diversity``: the mean distance between two of G's samples over the mean distance between
+  two real images; a collapsed G draws alike images (well below 1).
+- ``fidelity``: how far each of G's samples is from its nearest real image, over how far a
+  real image is from its nearest other real image; a G that draws noise or blobs is far from
+  every real image (well above 1).
+- ``encoder_vs_mean``: the mean |x - G(E(x))| of held-out normal images over the mean
+  |x - mean training image|; an encoder that does not invert G does no better than the mean.
+- ``encoder_vs_search``: that residual over the residual after a short latent search from a
+  random z; an unconverged encoder is beaten by a few search steps.
+
+The limits are measured (see benchmarks/README.md): a check fails when a value is past its
+limit, and the warning says what to do.
+"""
+
+import dataclasses
+
+import numpy as np
+
+ADVICE = "try another --seed or more --epoch"
+ENCODER_ADVICE = "train the encoder longer (--encoder_min_steps)"
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthLimits:
+    """Where each measure turns from healthy to failed."""
+
+    min_diversity: float = 0.55
+    max_fidelity: float = 1.5
+    max_encoder_vs_mean: float = 0.8
+    max_encoder_vs_search: float = 1.0
+
+
+LIMITS = HealthLimits()
+
+CHECKS = (
+    # (measure, limit field, failed when value is ..., what a failure means)
+    ("diversity", "min_diversity", "below", "G's samples are alike: mode collapse"),
+    ("fidelity", "max_fidelity", "above", "G's samples are far from every training image"),
+    ("encoder_vs_mean", "max_encoder_vs_mean", "above",
+     "G(E(x)) regenerates held-out images little better than the mean training image"),
+    ("encoder_vs_search", "max_encoder_vs_search", "above",
+     "a short latent search regenerates held-out images better than E"),
+)
+
+
+def pairwise_rms(a, b):
+    """RMS per-pixel distances (len(a), len(b)) between two sets of flattened images."""
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    squared = (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(squared, 0.0) / a.shape[1])
+
+
+def mean_pairwise(images):
+    """The mean distance between two different images of a set."""
+    distances = pairwise_rms(images, images)
+    count = len(images)
+    return float(distances.sum() / max(count * (count - 1), 1))
+
+
+def diversity(fakes, reals):
+    """Spread of G's samples over the spread of real images (about 1 when G is healthy)."""
+    return mean_pairwise(fakes) / max(mean_pairwise(reals), 1e-12)
+
+
+def fidelity(fakes, queries, references):
+    """Nearest-real distance of G's samples over that of real ``queries`` (not in
+    ``references``); about 1 when G draws images like the real ones."""
+    fake_nearest = pairwise_rms(fakes, references).min(axis=1).mean()
+    real_nearest = pairwise_rms(queries, references).min(axis=1).mean()
+    return float(fake_nearest / max(real_nearest, 1e-12))
+
+
+def mean_abs(a, b):
+    """The mean absolute difference per pixel of two image sets (or a set and one image)."""
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean())
+
+
+def gan_measures(fakes, queries, references):
+    """The GAN's measures from G's samples and real images, all in [0, 1]."""
+    return {"diversity": round(diversity(fakes, queries), 4),
+            "fidelity": round(fidelity(fakes, queries, references), 4)}
+
+
+def encoder_measures(held_out, reconstructions, searched, references):
+    """The encoder's measures from held-out images, G(E(x)), G(z) after a short search, and
+    the training images (for the mean-image baseline)."""
+    residual = mean_abs(held_out, reconstructions)
+    return {"encoder_residual": round(residual, 5),
+            "mean_image_residual": round(mean_abs(held_out, references.mean(axis=0)), 5),
+            "search_residual": round(mean_abs(held_out, searched), 5),
+            "encoder_vs_mean": round(residual / max(mean_abs(
+                held_out, references.mean(axis=0)), 1e-12), 4),
+            "encoder_vs_search": round(residual / max(mean_abs(held_out, searched), 1e-12), 4)}
+
+
+def verdict(measures, limits=LIMITS):
+    """``measures`` with 'passed' and 'failures' (one phrase per failed check)."""
+    failures = []
+    for name, field, direction, meaning in CHECKS:
+        if name not in measures:
+            continue
+        value, limit = measures[name], getattr(limits, field)
+        failed = value < limit if direction == "below" else value > limit
+        if failed:
+            sign = "<" if direction == "below" else ">"
+            failures.append(f"{name} {value:.3g} {sign} {limit:g} ({meaning})")
+    return {**measures, "passed": not failures, "failures": failures}
+
+
+def summary_line(result):
+    """The measures of a verdict as 'name value (limit)' pairs, for the per-epoch line."""
+    parts = []
+    for name, field, direction, _ in CHECKS:
+        if name in result:
+            sign = ">=" if direction == "below" else "<="
+            parts.append(f"{name} {result[name]:.3f} ({sign} {getattr(LIMITS, field):g})")
+    return ", ".join(parts)
+
+
+def warning_line(result, what="training", gan="dcgan"):
+    """The one warning line of a failed verdict, or None when it passed."""
+    if result is None or result["passed"]:
+        return None
+    advice = (ENCODER_ADVICE if what == "encoder"
+              else ADVICE + (", or --gan wgan_gp" if gan == "dcgan" else ""))
+    return (f"warning: {what} health check failed: " + "; ".join(result["failures"])
+            + f": {advice}")
+
+
+@dataclasses.dataclass
+class RealImages:
+    """Real images for the checks, in the model's value range (``value_range``).
+
+    ``queries`` and ``references`` are disjoint sets of training images; ``held_out`` (with
+    their one-hot ``held_out_labels``) were never trained on.
+    """
+
+    queries: np.ndarray
+    references: np.ndarray
+    held_out: np.ndarray
+    held_out_labels: np.ndarray
+    value_range: tuple
+
+    def unit(self, images):
+        """``images`` of the model's value range in [0, 1]."""
+        low, high = self.value_range
+        return (np.asarray(images, np.float32) - low) / (high - low)

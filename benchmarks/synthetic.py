@@ -3,10 +3,11 @@
     folder/train/good/NNN.png, folder/test/good/NNN.png,
     folder/test/<defect>/NNN.png, folder/ground_truth/<defect>/NNN_mask.png
 
-Normal images are oriented stripes (a random phase, a small random angle) with pixel noise;
-defects are a bright spot (a disc) or a dark scratch (a thin line segment) covering about 1 %
-of the image, at a random place. Imported by the tests and the benchmarks; numpy and Pillow
-only.
+Normal images are oriented stripes (a random phase, a small random angle) with pixel noise
+(``write_texture_set``), or crops of a real photograph (``write_photo_crops``: training crops
+from its upper three quarters, test crops from the rest); defects are a bright spot (a disc)
+or a dark scratch (a thin line segment) covering about 1 % of the image, at a random place.
+Imported by the tests and the benchmarks; numpy and Pillow only.
 """
 
 from pathlib import Path
@@ -71,6 +72,41 @@ def write_texture_set(folder, size=32, train=64, test_good=16, test_defects=16, 
             mask = defect_mask(kind, size, rng)
             save(with_defect(texture(size, rng), kind, mask),
                  folder / "test" / kind / f"{index:03d}.png", mode)
+            save(mask.astype(np.float32), folder / "ground_truth" / kind / f"{index:03d}_mask.png",
+                 "L")
+    return folder
+
+
+def photo_crops(photo, size, count, rows, rng):
+    """``count`` random ``size`` x ``size`` grayscale crops in [0, 1] of the Pillow image
+    ``photo`` whose top edge lies in the fraction ``rows`` (low, high) of its height."""
+    pixels = np.asarray(photo.convert("L"), np.float32) / 255.0
+    height, width = pixels.shape
+    tops = rng.integers(int(rows[0] * height), int(rows[1] * height) - size + 1, count)
+    lefts = rng.integers(0, width - size + 1, count)
+    return [pixels[top:top + size, left:left + size] for top, left in zip(tops, lefts)]
+
+
+def write_photo_crops(folder, photo_path, size=64, train=720, test_good=40, test_defects=40,
+                      seed=0):
+    """Writes a category of crops of a photograph (e.g. a brick wall) into ``folder``:
+    training crops from its upper three quarters, test crops (good, and with drawn defects)
+    from its lowest quarter; ``test_defects`` images of each defect type."""
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    with Image.open(photo_path) as photo:
+        photo.load()
+    for index, crop in enumerate(photo_crops(photo, size, train, (0.0, 0.75), rng)):
+        save(crop, folder / "train" / "good" / f"{index:03d}.png", "L")
+    tests = iter(photo_crops(photo, size, test_good + len(DEFECTS) * test_defects, (0.75, 1.0),
+                             rng))
+    for index in range(test_good):
+        save(next(tests), folder / "test" / "good" / f"{index:03d}.png", "L")
+    for kind in DEFECTS:
+        for index in range(test_defects):
+            mask = defect_mask(kind, size, rng)
+            save(with_defect(next(tests), kind, mask),
+                 folder / "test" / kind / f"{index:03d}.png", "L")
             save(mask.astype(np.float32), folder / "ground_truth" / kind / f"{index:03d}_mask.png",
                  "L")
     return folder

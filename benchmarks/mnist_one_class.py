@@ -35,6 +35,7 @@ import common
 import numpy as np
 import tensorflow as tf
 
+import health
 import main as anogan
 
 PUBLISHED_ANOGAN = {
@@ -179,8 +180,11 @@ def benchmark_run(args, digit, seed):
 
 
 def health_passed(row, part):
+    """The run's health verdict for ``part`` at the current limits (None: not checked)."""
     result = (row.get("health") or {}).get(part)
-    return None if result is None else result["passed"]
+    if result is None:
+        return None
+    return health.verdict({k: v for k, v in result.items() if isinstance(v, float)})["passed"]
 
 
 def mean_std(values):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import write_images
+from PIL import Image
 
 import health
 import main
@@ -130,3 +131,21 @@ def test_a_checkpoint_of_another_gan_is_refused(wgan):
     dcgan = model.DCGAN(model.ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8), folder)
     with pytest.raises(model.CheckpointError, match="gan: checkpoint wgan_gp vs now dcgan"):
         dcgan.load()
+
+
+def test_the_check_passes_a_generator_that_draws_the_training_distribution(tmp_path):
+    config = model.ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8)
+    dcgan = model.DCGAN(config, tmp_path / "ckpt")
+    z = np.random.default_rng(1).uniform(-1, 1, (700, 16)).astype(np.float32)
+    drawn = dcgan.generate(z)  # "training images" this G draws itself, from other z
+    labels = np.zeros((8, 0), np.float32)
+    result = dcgan.gan_health(health.RealImages(drawn[:256], drawn[256:], drawn[:8], labels,
+                                                config.value_range))
+    assert result["passed"], result
+    assert result["diversity"] == pytest.approx(1.0, abs=0.15)
+    assert result["fidelity"] == pytest.approx(1.0, abs=0.15)
+    paths = write_images(tmp_path / "rings", 40, 28, kind=0)
+    rings = np.stack([np.asarray(Image.open(p), np.float32)[..., None] / 127.5 - 1 for p in paths])
+    result = dcgan.gan_health(health.RealImages(rings[:20], rings[20:], rings[:8], labels,
+                                                config.value_range))
+    assert not result["passed"] and result["fidelity"] > 1.5  # an untrained G draws no rings

@@ -7,14 +7,15 @@
 
 import argparse
 import math
-import os
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import runtime
+
+runtime.import_tensorflow()  # before anything imports it: its start-up notices held back
 
 import keras
 import numpy as np

@@ -130,10 +130,10 @@ def seconds_per_epoch(log_dir, steps_per_epoch):
     return round(float(np.median(gaps)) * steps_per_epoch, 1) if gaps else None
 
 
-def score(args, common_flags, root, mode):
+def score(args, common_flags, root, digit, mode):
     """Runs one mode (or reuses its earlier result); returns its metrics."""
     spec = MODES[mode]
-    tag = f"n{args.test_size}_{mode}"
+    tag = f"d{digit}_n{args.test_size}_{mode}"
     result_dir = root / "results" / tag
     if not (result_dir / "metrics.json").exists():
         common.run_main([*common_flags, "--anomaly_test", "--test_size", args.test_size,
@@ -173,7 +173,7 @@ def benchmark_run(args, digit, seed):
                 "published_anogan_roc_auc": {name: row_[digit]
                                              for name, row_ in PUBLISHED_ANOGAN.items()}})
     for mode in args.modes:
-        row[mode] = score(args, common_flags, root, mode)
+        row[mode] = score(args, common_flags, root, digit, mode)
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(row, indent=2) + "\n")
     return row

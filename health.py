@@ -33,7 +33,7 @@ class HealthLimits:
     min_diversity: float = 0.55
     max_fidelity: float = 1.5
     max_encoder_vs_mean: float = 0.8
-    max_encoder_vs_search: float = 1.0
+    max_encoder_vs_search: float = 1.5
 
 
 LIMITS = HealthLimits()

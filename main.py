@@ -6,6 +6,8 @@
 """
 
 import argparse
+import dataclasses
+import json
 import math
 import signal
 import sys
@@ -21,6 +23,7 @@ import keras
 import numpy as np
 
 import download
+import export
 import health
 import model
 import utils
@@ -70,6 +73,9 @@ def build_parser():
          help="train the izi_f encoder E of the trained GAN (f-AnoGAN; G and D frozen)")
     jobs("--anomaly_test", action=boolean, default=False, help="score the test images")
     jobs("--visualize", action=boolean, default=False, help="write visualisations of G")
+    jobs("--export", default=None, metavar="DIR",
+         help="write a SavedModel of the trained GAN and encoder that scores images in one "
+              "pass (z = E(x)), with its threshold")
 
     data = p.add_argument_group("data").add_argument
     data("--dataset", default="celebA", help="mnist, or a folder name under --data_dir")
@@ -146,7 +152,7 @@ def build_parser():
     test("--ano_lambda", type=float, default=0.1, help="lambda of the anogan score")
     test("--dis_loss", choices=model.DIS_LOSSES, default="feature",
          help="discrimination loss of the anogan score")
-    test("--image_score", choices=utils.IMAGE_SCORES, default="sum",
+    test("--image_score", choices=model.IMAGE_SCORES, default="sum",
          help="sum: the --score (the original); top1: mean of the top 1%% of the residual map; "
               "smoothmax: maximum of the residual map smoothed with sigma 2 (small defects)")
     test("--threshold", type=threshold_value, default="auto", help="a score, or auto")
@@ -206,8 +212,9 @@ def resolve(args):
     args.test_dir = args.test_dir or str(dataset_folder(args) / "test" if mvtec else "test_data")
     args.mask_dir = args.mask_dir or str(Path(args.test_dir).parent / "ground_truth")
     checks = [
-        (not (args.train or args.train_encoder or args.anomaly_test or args.visualize),
-         "nothing to do: pass --train, --train_encoder, --anomaly_test or --visualize"),
+        (not (args.train or args.train_encoder or args.anomaly_test or args.visualize
+              or args.export),
+         "nothing to do: pass --train, --train_encoder, --anomaly_test, --visualize, --export"),
         (args.normal_class is not None and not is_mnist(args),
          f"--normal_class applies to --dataset mnist only, not {args.dataset!r}"),
         (args.y_dim and not is_mnist(args),
@@ -470,11 +477,21 @@ def visualize(args):
     print(f"wrote {len(paths)} file(s) to {args.sample_dir}")
 
 
+def result_folder(args):
+    """Where the anomaly test writes: --test_result_dir inside --test_dir (beside it when
+    --test_dir is one image file)."""
+    test_dir = Path(args.test_dir)
+    return (test_dir.parent if test_dir.is_file() else test_dir) / args.test_result_dir
+
+
 def test_source(args, channels):
-    """The images to score: --test_dir when it holds any, else MNIST's test split."""
-    result_dir = Path(args.test_dir) / args.test_result_dir
+    """The images to score: --test_dir (a folder, or one image file) when it holds any, else
+    MNIST's test split."""
+    result_dir = result_folder(args)
+    if Path(args.test_dir).is_file():
+        return utils.file_source(args.test_dir, channels, crop_size(args))
     if Path(args.test_dir).exists() and not Path(args.test_dir).is_dir():
-        raise utils.DataError(f"--test_dir {args.test_dir} is not a folder")
+        raise utils.DataError(f"--test_dir {args.test_dir} is neither a folder nor an image")
     if Path(args.test_dir).is_dir():
         source = utils.test_folder_source(args.test_dir, result_dir, channels, crop_size(args),
                                           args.mask_dir)
@@ -495,7 +512,7 @@ def score_source(dcgan, source, args, report=None):
     for images, result in dcgan.score_batches(dataset, args.search_config, batches, args.seed):
         maps = utils.anomaly_maps(images, result.final, dcgan.config.value_range)
         if args.image_score != "sum":
-            result.score = utils.map_scores(maps, args.image_score)
+            result.score = model.map_score(maps, args.image_score).numpy()
         if report is not None:
             report.add(images, result, maps)
         scores.append(result.score)
@@ -510,6 +527,11 @@ def choose_threshold(args, dcgan, report):
     normal = normal[np.isfinite(normal)]
     if len(normal):
         return float(np.percentile(normal, 95)), "normal_test_images"
+    return held_out_threshold(args, dcgan)
+
+
+def held_out_threshold(args, dcgan):
+    """The 95th percentile of the held-out training images' scores, and its source."""
     _, held_out = utils.split_holdout(training_source(args), args.seed)
     if not len(held_out):
         raise utils.DataError("no labelled normal test images and too few training images to "
@@ -519,26 +541,27 @@ def choose_threshold(args, dcgan, report):
     return float(np.percentile(held[np.isfinite(held)], 95)), "heldout_train_images"
 
 
-def check_encoder(args, dcgan):
-    """UsageError unless --z_init encoder finds an encoder trained for this G."""
-    if args.z_init != "encoder" or dcgan.encoder_ready:
+def check_encoder(dcgan, what="--z_init encoder"):
+    """UsageError unless an encoder trained for this G is there."""
+    if dcgan.encoder_ready:
         return
     if dcgan.encoder_trained_for is None:
-        raise UsageError(f"--z_init encoder: no trained encoder in {dcgan.checkpoint_dir}: run "
+        raise UsageError(f"{what}: no trained encoder in {dcgan.checkpoint_dir}: run "
                          "--train_encoder first (same --dataset and sizes)")
-    raise UsageError(f"--z_init encoder: the encoder in {dcgan.checkpoint_dir} was trained for "
+    raise UsageError(f"{what}: the encoder in {dcgan.checkpoint_dir} was trained for "
                      f"G at step {dcgan.encoder_trained_for}, G is now at step "
                      f"{dcgan.steps_done}: run --train_encoder again")
 
 
 def anomaly_test(args):
     dcgan = trained_model(args)
-    check_encoder(args, dcgan)
+    if args.z_init == "encoder":
+        check_encoder(dcgan)
     warn(dcgan.health["gan"], gan=dcgan.config.gan)
     if args.z_init == "encoder":
         warn(dcgan.health["encoder"], "encoder")
     if dcgan.is_chief:
-        score_and_report(args, dcgan, Path(args.test_dir) / args.test_result_dir)
+        score_and_report(args, dcgan, result_folder(args))
         return
     with tempfile.TemporaryDirectory() as scratch:  # other workers search but write nothing
         score_and_report(args, dcgan, Path(scratch))
@@ -563,6 +586,7 @@ def score_and_report(args, dcgan, result_dir):
         "test_epoch": args.test_epoch, "z_init": args.z_init, "score": args.score,
         "image_score": args.image_score,
         "ano_lambda": args.ano_lambda, "encoder_kappa": args.encoder_kappa,
+        "dis_loss": args.dis_loss,
         "test_learning_rate": args.test_learning_rate, "test_restarts": args.test_restarts,
         "test_clip_z": args.test_clip_z, "gan": dcgan.config.gan,
         "training_seed": dcgan.training_seed, "health": dcgan.health,
@@ -572,8 +596,59 @@ def score_and_report(args, dcgan, result_dir):
         if dcgan.is_chief else None)
     for name in metrics["non_finite"]:
         print(f"warning: {name}: anomaly score is not finite", file=sys.stderr)
+    if len(source) <= 20:
+        for name, score, flagged in report.rows():
+            print(f"{name} {score:.6g} {'anomalous' if flagged else 'normal'}")
     print(f"results in {result_dir}: " + ", ".join(
         f"{k} {metrics[k]}" for k in ("n", "n_anomalous", "roc_auc", "pr_auc", "threshold")))
+
+
+def scoring_mode(args):
+    """The flags that make scores comparable (a threshold belongs to them), as metrics.json
+    records them."""
+    return {"z_init": args.z_init, "test_epoch": args.test_epoch, "score": args.score,
+            "image_score": args.image_score, "ano_lambda": args.ano_lambda,
+            "encoder_kappa": args.encoder_kappa, "dis_loss": args.dis_loss}
+
+
+def one_pass(args):
+    """A copy of ``args`` scoring in one pass from E(x), as the exported model does."""
+    copied = argparse.Namespace(**vars(args))
+    copied.z_init, copied.test_epoch = "encoder", 0
+    copied.search_config = search_config(copied)
+    return copied
+
+
+def export_threshold(args, dcgan):
+    """The exported threshold and its source: --threshold, else the last anomaly test's when
+    it scored in the exported mode, else the held-out training images' 95th percentile."""
+    mode = one_pass(args)
+    if args.threshold != "auto":
+        return args.threshold, "manual"
+    path = result_folder(args) / "metrics.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        wanted = {**scoring_mode(mode), "gan_steps": dcgan.steps_done}
+        if all(saved.get(key) == value for key, value in wanted.items()):
+            return saved["threshold"], f"anomaly_test:{saved['threshold_source']}"
+    return held_out_threshold(mode, dcgan)
+
+
+def export_model(args):
+    """Writes the SavedModel of the trained GAN and encoder (--export)."""
+    dcgan = trained_model(args)
+    check_encoder(dcgan, "--export")
+    threshold, source = export_threshold(args, dcgan)
+    spec = image_spec(args, dcgan.config)
+    info = {"model": dataclasses.asdict(dcgan.config), "health": dcgan.health,
+            "training_seed": dcgan.training_seed, "gan_steps": dcgan.steps_done,
+            "encoder_steps": dcgan.encoder_steps_done, "threshold": threshold,
+            "threshold_source": source, "mode": scoring_mode(one_pass(args)),
+            "input": {"size": spec.input_size, "crop": spec.crop},
+            "output_size": spec.output_size, "value_range": spec.value_range}
+    folder = export.export_detector(dcgan, spec, one_pass(args).search_config,
+                                    args.image_score, threshold, info, args.export)
+    print(f"exported to {folder}: threshold {threshold:.6g} ({source})")
 
 
 def run(args):
@@ -586,6 +661,8 @@ def run(args):
         anomaly_test(args)
     if args.visualize:
         visualize(args)
+    if args.export:
+        export_model(args)
 
 
 def main(argv=None):
@@ -617,3 +694,4 @@ def interrupt(signum, frame):
 
 if __name__ == "__main__":
     sys.exit(main())
+

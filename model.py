@@ -310,6 +310,18 @@ def gradient_penalty(critic, real, fake, alpha):
     return tf.square(slopes - 1.0)
 
 
+def adam_update(z, grad, m, v, t, config):
+    """One step of the original's Adam on z (tf.train.AdamOptimizer: ``config.beta1``, beta2
+    0.999, epsilon 1e-8) at 0-based step ``t``, clipped with ``config.clip_z``; (z, m, v)."""
+    beta1, beta2, epsilon = config.beta1, 0.999, 1e-8
+    step = tf.cast(t + 1, tf.float32)
+    m = beta1 * m + (1.0 - beta1) * grad
+    v = beta2 * v + (1.0 - beta2) * tf.square(grad)
+    rate = config.learning_rate * tf.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+    z = z - rate * m / (tf.sqrt(v) + epsilon)
+    return (tf.clip_by_value(z, -1.0, 1.0) if config.clip_z else z), m, v
+
+
 def flat(tensor):
     """(batch, everything else) view of a batch of images or feature maps."""
     return tf.reshape(tensor, (tf.shape(tensor)[0], -1))
@@ -339,6 +351,44 @@ def izif_score(images, fakes, real_features, fake_features, kappa):
     residual = tf.reduce_mean(tf.square(flat(images) - flat(fakes)), axis=1)
     discrimination = tf.reduce_mean(tf.square(flat(real_features) - flat(fake_features)), axis=1)
     return residual + kappa * discrimination, residual, discrimination
+
+
+IMAGE_SCORES = ("sum", "top1", "smoothmax")
+
+
+def anomaly_map(images, fakes, value_range):
+    """Per pixel |x - G(z)| averaged over channels, in [0, 1]: (n, h, w)."""
+    low, high = value_range
+    return tf.reduce_mean(tf.abs(images - fakes), axis=-1) / (high - low)
+
+
+def gaussian_kernel(sigma, truncate=4.0):
+    """scipy.ndimage's normalised 1-D Gaussian of ``sigma`` (radius truncate * sigma)."""
+    radius = int(truncate * sigma + 0.5)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    return (taps / taps.sum()).astype(np.float32)
+
+
+def map_score(maps, kind):
+    """Image scores of anomaly maps (n, h, w) that fit small defects.
+
+    'top1': the mean of each map's top 1 % pixels; 'smoothmax': the maximum of the map
+    smoothed by a Gaussian of sigma 2 pixels (mirrored at the edges, as scipy's 'reflect').
+    """
+    maps = tf.convert_to_tensor(maps, tf.float32)
+    if kind == "top1":
+        flat_maps = flat(maps)
+        count = max(1, round(flat_maps.shape[1] * 0.01))
+        return tf.reduce_mean(tf.math.top_k(flat_maps, count).values, axis=1)
+    if kind == "smoothmax":
+        taps = gaussian_kernel(2.0)
+        radius = len(taps) // 2
+        padded = tf.pad(maps[..., None], [[0, 0], [radius, radius], [radius, radius], [0, 0]],
+                        mode="SYMMETRIC")
+        smooth = tf.nn.conv2d(padded, taps.reshape(-1, 1, 1, 1), 1, "VALID")
+        smooth = tf.nn.conv2d(smooth, taps.reshape(1, -1, 1, 1), 1, "VALID")
+        return tf.reduce_max(flat(smooth), axis=1)
+    raise ValueError(f"--image_score must be one of {IMAGE_SCORES}, not {kind!r}")
 
 
 # Networks ------------------------------------------------------------------------------------
@@ -1105,11 +1155,10 @@ class DCGAN:
         """``config.steps`` (> 0) Adam steps on z; the final z and G(z) at the first and middle
         snapshot steps.
 
-        Adam is the original's (tf.train.AdamOptimizer: beta2 0.999, epsilon 1e-8), written
-        out so that every batch starts from fresh state inside one graph. The loss is the sum
-        of per-image scores, so images do not interact and a batch equals its single images.
+        Adam (``adam_update``) starts from fresh state for every batch inside one graph. The
+        loss is the sum of per-image scores, so images do not interact and a batch equals its
+        single images.
         """
-        beta1, beta2, epsilon = config.beta1, 0.999, 1e-8
         _, middle, last = config.snapshot_steps
         m, v = tf.zeros_like(z), tf.zeros_like(z)
         first = mid = tf.zeros_like(images)
@@ -1122,14 +1171,7 @@ class DCGAN:
                 first = fakes
             if t == middle:
                 mid = fakes
-            grad = tape.gradient(total, z)
-            step = tf.cast(t + 1, tf.float32)
-            m = beta1 * m + (1.0 - beta1) * grad
-            v = beta2 * v + (1.0 - beta2) * tf.square(grad)
-            rate = config.learning_rate * tf.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
-            z = z - rate * m / (tf.sqrt(v) + epsilon)
-            if config.clip_z:
-                z = tf.clip_by_value(z, -1.0, 1.0)
+            z, m, v = adam_update(z, tape.gradient(total, z), m, v, t, config)
         return z, first, mid
 
     def _search_graph(self, config):

@@ -447,6 +447,16 @@ def test_folder_source(test_dir, exclude, channels, crop_size=None, mask_dir=Non
                        labels=np.asarray(labels, np.int64), masks=masks)
 
 
+def file_source(path, channels, crop_size=None):
+    """One image file to score, unlabelled; DataError when it cannot be decoded."""
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise DataError(f"{path} is not an image file ({', '.join(IMAGE_EXTENSIONS)})")
+    files = readable_images([str(path)], crop_size)
+    return ImageSource(names=[path.name], channels=channels, files=files,
+                       labels=np.full(1, -1, np.int64))
+
+
 def mask_file(mask_dir, name):
     """MVTec AD's ground-truth mask of test image ``name`` (``<defect>/<stem>.png``), or None."""
     path = Path(mask_dir) / Path(name).parent / f"{Path(name).stem}_mask.png"
@@ -508,26 +518,6 @@ def residual_map(images, fakes, value_range):
 def anomaly_maps(images, fakes, value_range):
     """The per-pixel residual |x - G(z)| averaged over channels, in [0, 1]: (n, h, w)."""
     return residual_map(images, fakes, value_range).mean(axis=-1)
-
-
-IMAGE_SCORES = ("sum", "top1", "smoothmax")
-
-
-def map_scores(maps, kind):
-    """Image scores of anomaly maps (n, h, w) that fit small defects.
-
-    'top1': the mean of each map's top 1 % pixels; 'smoothmax': the maximum of the map
-    smoothed by a Gaussian of sigma 2 pixels.
-    """
-    if kind == "top1":
-        flat_maps = maps.reshape(len(maps), -1)
-        count = max(1, round(flat_maps.shape[1] * 0.01))
-        return np.partition(flat_maps, -count, axis=1)[:, -count:].mean(axis=1)
-    if kind == "smoothmax":
-        from scipy.ndimage import gaussian_filter
-
-        return np.array([gaussian_filter(m, sigma=2.0).max() for m in maps], np.float32)
-    raise ValueError(f"--image_score must be one of {IMAGE_SCORES}, not {kind!r}")
 
 
 class PixelROC:
@@ -618,6 +608,7 @@ class AnomalyReport:
         self.partial_csv.writerow(SCORE_COLUMNS[:-1])
         self.scores, self.residuals, self.discriminations, self.z = [], [], [], []
         self.worst = []
+        self.threshold = None
 
     def __len__(self):
         return sum(len(s) for s in self.scores)
@@ -688,6 +679,7 @@ class AnomalyReport:
         """
         self.images_written.close()
         self.partial.close()
+        self.threshold = threshold
         scores = self.all_scores()
         labels = self._labels()[:len(scores)]
         flagged = scores > threshold
@@ -716,6 +708,11 @@ class AnomalyReport:
             log_results(log_dir, step, name, scores, labels, metrics,
                         self.result_dir / "overview.png")
         return metrics
+
+    def rows(self):
+        """(name, score, is_anomaly) of every scored image, once ``finish`` has run."""
+        scores = self.all_scores()
+        return list(zip(self.source.names, scores, scores > self.threshold))
 
     def _plots(self, scores, labels, threshold, metrics):
         plot_histogram(scores, labels, threshold, self.result_dir / "scores_hist.png")

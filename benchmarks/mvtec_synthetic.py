@@ -24,6 +24,7 @@ import numpy as np
 import synthetic
 from sklearn.metrics import roc_auc_score
 
+import model
 import utils
 
 MODES = {"a": ["--z_init", "random"],
@@ -47,7 +48,7 @@ def mean_image_baseline(category, size, image_scores, channels):
     pixels.add(maps, np.stack([utils.load_mask(m, spec) for m in source.masks]))
     figures = {"pixel_roc_auc": pixels.auc()}
     for kind in image_scores:
-        scores = maps.mean(axis=(1, 2)) if kind == "sum" else utils.map_scores(maps, kind)
+        scores = maps.mean(axis=(1, 2)) if kind == "sum" else model.map_score(maps, kind).numpy()
         figures[f"roc_auc_{kind}"] = float(roc_auc_score(source.labels, scores))
     return figures
 

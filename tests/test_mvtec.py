@@ -70,7 +70,7 @@ def test_map_based_image_scores_with_the_encoder(category):
             error = np.asarray(Image.open(result_dir / f"AD_error_0_{stem}.png"), np.float32)
             maps = (error / 255.0).mean(axis=-1)[None]
             assert float(row["anomaly_score"]) == pytest.approx(
-                utils.map_scores(maps, kind)[0], abs=2 / 255)
+                model.map_score(maps, kind).numpy()[0], abs=2 / 255)
 
 
 def test_pixel_roc_matches_sklearn_and_ignores_maps_blind_to_the_defect():
@@ -88,15 +88,25 @@ def test_pixel_roc_matches_sklearn_and_ignores_maps_blind_to_the_defect():
     assert utils.PixelROC().auc() is None
 
 
+def test_map_scores_equal_their_numpy_definitions():
+    from scipy.ndimage import gaussian_filter
+
+    maps = np.random.default_rng(1).uniform(0, 1, (3, 16, 20)).astype(np.float32)
+    smooth = [gaussian_filter(m, sigma=2.0).max() for m in maps]
+    np.testing.assert_allclose(model.map_score(maps, "smoothmax").numpy(), smooth, rtol=1e-5)
+    top = np.sort(maps.reshape(3, -1), axis=1)[:, -3:].mean(axis=1)  # 1 % of 320 pixels
+    np.testing.assert_allclose(model.map_score(maps, "top1").numpy(), top, rtol=1e-6)
+
+
 def test_map_scores_favour_a_small_strong_defect_over_a_faint_everywhere_one():
     small = np.zeros((1, 32, 32), np.float32)
     small[0, 10:13, 10:13] = 0.9
     faint = np.full((1, 32, 32), 0.05, np.float32)
     assert faint.sum() > small.sum()  # the original's summed residual prefers the wrong one
     for kind in ("top1", "smoothmax"):
-        assert utils.map_scores(small, kind)[0] > utils.map_scores(faint, kind)[0]
+        assert model.map_score(small, kind).numpy()[0] > model.map_score(faint, kind).numpy()[0]
     with pytest.raises(ValueError, match="--image_score"):
-        utils.map_scores(small, "median")
+        model.map_score(small, "median")
 
 
 def test_per_type_auc_names_each_defect_folder_and_is_none_without_folders():

@@ -89,7 +89,7 @@ def test_bad_test_dir_is_refused(workdir, capsys):
     capsys.readouterr()
     (workdir / "afile").write_text("x")
     assert main.main([*GRAY, "--anomaly_test", "--test_dir", "afile"]) == 2
-    assert "--test_dir afile is not a folder" in error_line(capsys)
+    assert "afile is not an image file" in error_line(capsys)
     assert main.main([*GRAY, "--anomaly_test", "--test_dir", "nowhere"]) == 2
     assert "no test images in nowhere" in error_line(capsys)
 

@@ -1,0 +1,156 @@
+"""The SavedModel of a trained detector: image files' pixels in, anomaly scores out.
+
+``export_detector`` writes a SavedModel that needs TensorFlow alone. Its ``serving_default``
+signature takes a batch of uint8 images ``[batch, height, width, channels]`` of any size with 1
+or 3 channels, applies the training's pre-processing in the graph (Pillow's luma conversion or
+channel repetition, the original's centre crop, a bicubic resize rounded to 8 bits as Pillow's,
+the model's value range), encodes each image with E and scores G(E(x)) exactly as
+``--anomaly_test --z_init encoder --test_epoch 0`` does (a conditional model under each of its
+normal digits, keeping the lowest score). Its ``search`` signature runs the latent search
+from E(x) for a given number of steps. The threshold is a variable; the model's config, health
+and threshold are JSON in the assets.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+import model
+import utils
+
+ASSET = "detector.json"
+
+
+def luma(pixels):
+    """Pillow's RGB -> L conversion (ITU-R 601-2, integer rounding) of int32 pixels."""
+    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) // 65536)[..., None]
+
+
+class Detector(tf.Module):
+    """A trained DCGAN's G, D and E with the pre-processing, score and threshold of one mode."""
+
+    def __init__(self, dcgan, spec, search_config, image_score, threshold):
+        super().__init__(name="detector")
+        self.dcgan, self.spec = dcgan, spec
+        self.search_config, self.image_score = search_config, image_score
+        self.weights = [v.value for v in model.variables_by_path(
+            dcgan.generator, dcgan.discriminator, dcgan.encoder).values()]
+        self.threshold = tf.Variable(float(threshold), trainable=False, name="threshold")
+        cfg = dcgan.config
+        self.conditions = ([utils.one_hot([k], cfg.y_dim)[0] for k in cfg.conditions]
+                           if cfg.y_dim else [np.zeros(0, np.float32)])
+
+    def preprocess(self, images):
+        """uint8 images of any size and 1 or 3 channels -> the model's inputs."""
+        cfg, spec = self.dcgan.config, self.spec
+        pixels = tf.cast(images, tf.int32)
+        channels = tf.shape(pixels)[-1]
+        if cfg.c_dim == 1:
+            pixels = tf.cond(channels >= 3, lambda: luma(pixels), lambda: pixels[..., :1])
+        else:
+            pixels = tf.cond(channels >= 3, lambda: pixels[..., :3],
+                             lambda: tf.tile(pixels[..., :1], [1, 1, 1, 3]))
+        x = tf.cast(pixels, tf.float32)
+        if spec.crop:
+            height, width = tf.shape(x)[1], tf.shape(x)[2]
+            crop_h, crop_w = spec.input_size
+            top = tf.cast(tf.round(tf.cast(height - crop_h, tf.float32) / 2.0), tf.int32)
+            left = tf.cast(tf.round(tf.cast(width - crop_w, tf.float32) / 2.0), tf.int32)
+            x = x[:, top:top + crop_h, left:left + crop_w, :]
+        out_h, out_w = spec.output_size
+        resized = tf.image.resize(x, (out_h, out_w), method="bicubic", antialias=True)
+        same = tf.logical_and(tf.shape(x)[1] == out_h, tf.shape(x)[2] == out_w)
+        x = tf.cond(same, lambda: tf.ensure_shape(x, [None, out_h, out_w, cfg.c_dim]),
+                    lambda: tf.clip_by_value(tf.round(resized), 0.0, 255.0))
+        return utils.scale_pixels(x, spec.value_range)
+
+    def _outputs(self, x, labels, z, real_features):
+        """Score, anomaly map, G(z) and z of the images ``x`` at ``z``."""
+        dcgan, cfg = self.dcgan, self.dcgan.config
+        fakes = dcgan.generator(z, labels, training=False)
+        logits, features = dcgan.discriminator(fakes, labels, training=False)
+        score, _, _ = self.search_config.scores(x, fakes, real_features, features, logits)
+        maps = model.anomaly_map(x, fakes, cfg.value_range)
+        if self.image_score != "sum":
+            score = model.map_score(maps, self.image_score)
+        return score, maps, fakes, z
+
+    def _encoded(self, x, labels, steps):
+        """The outputs after ``steps`` search steps from z = E(x) (None: at E(x), no loop)."""
+        dcgan = self.dcgan
+        _, real_features = dcgan.discriminator(x, labels, training=False)
+        z = dcgan.encoder(x, labels, training=False)
+        m, v = tf.zeros_like(z), tf.zeros_like(z)
+        for t in tf.range(steps) if steps is not None else ():
+            with tf.GradientTape() as tape:
+                tape.watch(z)
+                fakes = dcgan.generator(z, labels, training=False)
+                logits, features = dcgan.discriminator(fakes, labels, training=False)
+                total = tf.reduce_sum(self.search_config.scores(
+                    x, fakes, real_features, features, logits)[0])
+            z, m, v = model.adam_update(z, tape.gradient(total, z), m, v, t,
+                                        self.search_config)
+        return self._outputs(x, labels, z, real_features)
+
+    def _detect(self, images, steps):
+        """Per image: score, is_anomaly, residual_map, reconstruction (in [0, 1]) and z; a
+        conditional model's lowest score over its conditions."""
+        x = self.preprocess(images)
+        count = tf.shape(x)[0]
+        best = None
+        for condition in self.conditions:
+            outputs = self._encoded(x, tf.tile(tf.constant(condition)[None], [count, 1]), steps)
+            if best is None:
+                best = outputs
+                continue
+            better = outputs[0] < best[0]
+            best = tuple(tf.where(tf.reshape(better, [-1] + [1] * (len(o.shape) - 1)), o, b)
+                         for o, b in zip(outputs, best))
+        score, maps, fakes, z = best
+        low, high = self.dcgan.config.value_range
+        return {"score": score, "is_anomaly": score > self.threshold, "residual_map": maps,
+                "reconstruction": (fakes - low) / (high - low), "z": z}
+
+    def score(self, images):
+        """The one-pass score at z = E(x) (``serving_default``)."""
+        return self._detect(images, None)
+
+    def search(self, images, steps):
+        """The latent search from E(x) for ``steps`` Adam steps (``search``)."""
+        return self._detect(images, steps)
+
+
+def export_detector(dcgan, spec, search_config, image_score, threshold, info, folder):
+    """Writes the detector's SavedModel into ``folder`` (whole: into a temporary folder that
+    is then renamed; an existing one is replaced). ``info`` goes into the assets as JSON."""
+    folder = Path(folder)
+    detector = Detector(dcgan, spec, search_config, image_score, threshold)
+    images = tf.TensorSpec([None, None, None, None], tf.uint8, name="images")
+    serve = tf.function(detector.score, input_signature=[images])
+    search = tf.function(detector.search, input_signature=[
+        images, tf.TensorSpec([], tf.int32, name="steps")])
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tf.saved_model.save(detector, str(tmp), signatures={
+            "serving_default": serve.get_concrete_function(),
+            "search": search.get_concrete_function()},
+            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+        (tmp / "assets").mkdir(exist_ok=True)
+        utils.write_text(tmp / "assets" / ASSET, json.dumps(info, indent=2) + "\n")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not folder.exists():
+            os.replace(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return folder

@@ -1,5 +1,6 @@
 """Shared fixtures: small generated image folders and MNIST-format idx files."""
 
+import csv
 import gzip
 import os
 import socket
@@ -72,6 +73,19 @@ def write_mnist(folder, train_per_digit=4, test_per_digit=2, seed=0):
         write_idx(folder / f"{split}-images-idx3-ubyte", images)
         write_idx(folder / f"{split}-labels-idx1-ubyte", labels, compress=split == "train")
     return folder
+
+
+def error_line(capsys):
+    """The one line a failed command wrote on stderr (asserting it is one 'error:' line)."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+def read_scores(result_dir):
+    """The rows of an anomaly test's scores.csv, as dicts."""
+    with open(f"{result_dir}/scores.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 @pytest.fixture
@@ -159,3 +173,24 @@ def closed_url():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/mnist/"
+
+
+TINY_FLAGS = ["--input_fname_pattern", "*.png", "--batch_size", "8", "--input_height", "28",
+              "--output_height", "28", "--z_dim", "16", "--gf_dim", "8", "--df_dim", "8",
+              "--learning_rate", "0.002", "--encoder_learning_rate", "0.002", "--retries", "0"]
+"""The flags of the session's tiny models (learning rates 10x and 40x the defaults)."""
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(tmp_path_factory):
+    """A tiny DCGAN trained 3 epochs on 28x28 rings and its encoder (48 steps), shared by the
+    tests that only need *a* trained model and do not change it; (root, flags)."""
+    import main
+
+    root = tmp_path_factory.mktemp("tiny_detector")
+    write_images(root / "data" / "rings", 40, 28, kind=0)
+    flags = ["--dataset", "rings", *TINY_FLAGS, "--data_dir", str(root / "data"),
+             "--checkpoint_dir", str(root / "checkpoint"), "--sample_dir", str(root / "samples"),
+             "--log_dir", str(root / "logs"), "--epoch", "3", "--encoder_min_steps", "48"]
+    assert main.main([*flags, "--train", "--train_encoder"]) == 0
+    return root, flags

@@ -557,9 +557,6 @@ def anomaly_test(args):
     dcgan = trained_model(args)
     if args.z_init == "encoder":
         check_encoder(dcgan)
-    warn(dcgan.health["gan"], gan=dcgan.config.gan)
-    if args.z_init == "encoder":
-        warn(dcgan.health["encoder"], "encoder")
     if dcgan.is_chief:
         score_and_report(args, dcgan, result_folder(args))
         return
@@ -571,6 +568,9 @@ def score_and_report(args, dcgan, result_dir):
     """Scores the test images and writes every output into ``result_dir``."""
     source = utils.limit_source(test_source(args, dcgan.config.c_dim), args.test_size,
                                 args.seed)
+    warn(dcgan.health["gan"], gan=dcgan.config.gan)
+    if args.z_init == "encoder":
+        warn(dcgan.health["encoder"], "encoder")
     report = utils.AnomalyReport(result_dir, source, dcgan.config.value_range,
                                  mask_spec=image_spec(args, dcgan.config))
     restarts = f" from {args.test_restarts} starting points" if args.test_restarts > 1 else ""

@@ -54,5 +54,5 @@ def import_tensorflow():
     with quiet_startup():
         import tensorflow as tf
 
-        tf.config.list_logical_devices()
+        tf.config.list_physical_devices()
     return tf

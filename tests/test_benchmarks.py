@@ -62,13 +62,14 @@ def test_mvtec_synthetic_prints_image_and_pixel_aucs(tmp_path):
         assert set(figures[name]["per_type_roc_auc"]) == {"spot", "scratch"}
 
 
-def test_mnist_one_class_prints_each_modes_auc_and_reuses_checkpoints(tmp_path):
+def test_mnist_one_class_keeps_every_run_per_seed_and_reuses_them(tmp_path):
     from conftest import write_mnist
 
-    write_mnist(tmp_path / "data" / "mnist", train_per_digit=12, test_per_digit=3)
-    flags = ["--data_dir", str(tmp_path / "data"), "--digits", "1", "--epochs", "1",
-             "--encoder_epoch", "1", "--test_size", "20", "--test_epoch", "2",
-             "--batch_size", "8", "--modes", "a,b,c", "--work_dir", str(tmp_path / "work")]
+    write_mnist(tmp_path / "data" / "mnist", train_per_digit=30, test_per_digit=3)
+    flags = ["--data_dir", str(tmp_path / "data"), "--digits", "1", "--seeds", "0,1",
+             "--epochs", "1", "--test_size", "20", "--test_epoch", "2", "--batch_size", "8",
+             "--modes", "b_izif,a", "--work_dir", str(tmp_path / "work"), "--retries", "0",
+             "--extra=--encoder_min_steps 2 --z_dim 8 --gf_dim 8 --df_dim 8"]
     done = subprocess.run([sys.executable, str(BENCHMARKS / "mnist_one_class.py"), *flags],
                           capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -77,12 +78,21 @@ def test_mnist_one_class_prints_each_modes_auc_and_reuses_checkpoints(tmp_path):
         row, end = decoder.raw_decode(text)
         rows.append(row)
         text = text[end:].strip()
-    assert len(rows) == 2
-    row, summary = rows[0], rows[1]["summary"]
-    assert row["digit"] == 1 and row["published_anogan_roc_auc"] == 0.992
-    assert all(0 <= row[mode]["roc_auc"] <= 1 for mode in "abc")
-    assert row["best_roc_auc"] == max(row[mode]["roc_auc"] for mode in "abc")
-    assert summary["digits"] == [1] and set(summary["mean_roc_auc"]) == {"a", "b", "c"}
+    assert len(rows) == 3
+    runs, summary = rows[:2], rows[2]["summary"]
+    assert [(r["digit"], r["seed"], r["training_seed"]) for r in runs] == [(1, 0, 0), (1, 1, 1)]
+    assert runs[0]["published_anogan_roc_auc"] == {"deep_svdd": 0.992, "cheng_2020": 0.998}
+    assert all(0 <= r[mode]["roc_auc"] <= 1 for r in runs for mode in ("a", "b_izif"))
+    assert all({"diversity", "fidelity"} <= set(r["health"]["gan"]) for r in runs)
+    assert all("encoder_vs_mean" in r["health"]["encoder"] for r in runs)
+    assert runs[0]["seconds_per_epoch"] > 0
+    per_digit = summary["per_digit"]["1"]["b_izif"]
+    aucs = [r["b_izif"]["roc_auc"] for r in runs]
+    assert per_digit["mean"] == pytest.approx(sum(aucs) / 2, abs=1e-4) and per_digit["n"] == 2
+    assert summary["runs"] == 2 and summary["seeds"] == [0, 1]
+    assert summary["health_failed_gan"] == [[1, 0], [1, 1]]  # tiny GANs collapse
     again = subprocess.run([sys.executable, str(BENCHMARKS / "mnist_one_class.py"), *flags],
                            capture_output=True, text=True, timeout=900, check=False)
-    assert again.returncode == 0 and "already trained" in again.stdout + again.stderr
+    assert again.returncode == 0 and "already trained" not in again.stderr
+    assert json.loads(again.stdout[again.stdout.index('{\n  "summary"'):])["summary"][
+        "per_digit"]["1"]["b_izif"] == per_digit

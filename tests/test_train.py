@@ -13,7 +13,7 @@ import main
 import model
 import utils
 
-TINY = ["--gf_dim", 8, "--df_dim", 8]
+TINY = ["--gf_dim", 8, "--df_dim", 8, "--retries", 0, "--encoder_min_steps", 0]
 
 
 def run_main(*argv):

@@ -16,6 +16,7 @@ import errno
 import gzip
 import hashlib
 import lzma
+import math
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ import stat
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import zipfile
 import zlib
@@ -108,12 +110,16 @@ class TransientError(SourceError):
 @dataclass(frozen=True)
 class FetchOptions:
     """How requests are made: tries per source, back-off base and (connect, read) timeouts in
-    seconds, and the read size (what an interrupted transfer can lose of its last read)."""
+    seconds, the read size (what an interrupted transfer can lose of its last read), the
+    seconds one file may take from one source over all its tries (``deadline``; then the next
+    source is tried) and between two 'still waiting' lines (``heartbeat``)."""
 
     retries: int = 3
     backoff: float = 1.0
     timeout: tuple[float, float] = (10.0, 60.0)
     chunk_bytes: int = 1 << 16
+    deadline: float = 3600.0
+    heartbeat: float = 15.0
     session: requests.Session = field(default_factory=requests.Session)
 
 
@@ -203,17 +209,45 @@ def disk_full_is_fatal(path: Path) -> Iterator[None]:
 # ---------------------------------------------------------------- HTTP download
 
 
-def with_retries(action: Callable[[], object], options: FetchOptions):
-    """Call action(), retrying network failures with exponential back-off; SourceError at last."""
+def with_retries(action: Callable[[], object], options: FetchOptions,
+                 deadline_at: float = math.inf):
+    """Call action(), retrying network failures with exponential back-off; SourceError at last,
+    or once the monotonic clock passes deadline_at."""
     attempt = 1
     while True:
         try:
             return action()
         except (requests.RequestException, TransientError) as exc:
+            if time.monotonic() >= deadline_at:
+                raise SourceError(f"not finished within the {options.deadline:g} s deadline "
+                                  f"({describe_failure(exc)})") from None
             if attempt >= options.retries:
                 raise SourceError(describe_failure(exc)) from None
-        time.sleep(options.backoff * 2 ** (attempt - 1))
+        time.sleep(min(options.backoff * 2 ** (attempt - 1),
+                       max(0.0, deadline_at - time.monotonic())))
         attempt += 1
+
+
+class Heartbeat:
+    """Prints a 'still waiting' line every ``interval`` seconds while a transfer is slow or
+    silent (progress bars are off when stdout is not a terminal), until ``stop``."""
+
+    def __init__(self, label: str, interval: float):
+        self.label, self.interval = label, interval
+        self.received = 0
+        self.started = time.monotonic()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            print(f"  still waiting for {self.label}: {self.received} bytes in "
+                  f"{time.monotonic() - self.started:.0f} s", flush=True)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
 
 
 def raise_for_http_status(resp: requests.Response) -> None:
@@ -245,7 +279,7 @@ def resume_offset(resp: requests.Response, offset: int, part: Path) -> int:
 
 
 def write_body(resp: requests.Response, part: Path, start: int, label: str,
-               chunk_bytes: int) -> None:
+               chunk_bytes: int, heartbeat: Heartbeat) -> None:
     """Stream the body of resp into part from byte start, with a progress bar."""
     expected = int(resp.headers["Content-Length"]) if "Content-Length" in resp.headers else None
     total = start + expected if expected is not None else None
@@ -260,25 +294,41 @@ def write_body(resp: requests.Response, part: Path, start: int, label: str,
             out.write(chunk)
             bar.update(len(chunk))
             written += len(chunk)
+            heartbeat.received = start + written
     if expected is not None and written < expected:
         raise TransientError(f"connection closed after {start + written} of {total} bytes")
 
 
-def download_once(url: str, part: Path, options: FetchOptions) -> None:
-    """One request for url, appending to part when the server honours the Range request."""
+def download_once(url: str, part: Path, options: FetchOptions,
+                  deadline_at: float = math.inf) -> None:
+    """One request for url, appending to part when the server honours the Range request; its
+    reads are cut off when the monotonic clock passes deadline_at."""
     if urlsplit(url).hostname in DRIVE_HOSTS:
         url = confirm_drive_download(url, options)
     offset = part.stat().st_size if part.exists() else 0
     headers = PLAIN_ENCODING | ({"Range": f"bytes={offset}-"} if offset else {})
-    with options.session.get(url, headers=headers, stream=True, timeout=options.timeout) as resp:
-        if resp.status_code == 416:
-            if content_range(resp)[1] == offset:
-                return
-            part.unlink(missing_ok=True)
-            raise TransientError("stored part does not fit the file; restarting")
-        raise_for_http_status(resp)
-        label = part.name.removesuffix(PART_SUFFIX)
-        write_body(resp, part, resume_offset(resp, offset, part), label, options.chunk_bytes)
+    heartbeat = Heartbeat(urlsplit(url).netloc, options.heartbeat)
+    heartbeat.received = offset
+    try:
+        with options.session.get(url, headers=headers, stream=True,
+                                 timeout=options.timeout) as resp:
+            if resp.status_code == 416:
+                if content_range(resp)[1] == offset:
+                    return
+                part.unlink(missing_ok=True)
+                raise TransientError("stored part does not fit the file; restarting")
+            raise_for_http_status(resp)
+            label = part.name.removesuffix(PART_SUFFIX)
+            cutoff = threading.Timer(max(0.0, deadline_at - time.monotonic()), resp.raw.shutdown)
+            cutoff.daemon = True
+            cutoff.start()
+            try:
+                write_body(resp, part, resume_offset(resp, offset, part), label,
+                           options.chunk_bytes, heartbeat)
+            finally:
+                cutoff.cancel()
+    finally:
+        heartbeat.stop()
 
 
 def verify_part(part: Path, verify: Callable[[Path], None] | None) -> None:
@@ -299,13 +349,20 @@ def fetch(url: str, dest: Path, verify: Callable[[Path], None] | None = None,
     dest = Path(dest)
     part = part_path(dest)
     resumed = part.exists() and part.stat().st_size > 0
-    with_retries(lambda: download_once(url, part, options), options)
+    deadline_at = time.monotonic() + options.deadline
+
+    def download() -> None:
+        if time.monotonic() >= deadline_at:
+            raise SourceError(f"not finished within the {options.deadline:g} s deadline")
+        download_once(url, part, options, deadline_at)
+
+    with_retries(download, options, deadline_at)
     try:
         verify_part(part, verify)
     except SourceError:
         if not resumed:
             raise
-        with_retries(lambda: download_once(url, part, options), options)
+        with_retries(download, options, deadline_at)
         verify_part(part, verify)
     os.replace(part, dest)
     return dest
@@ -472,19 +529,40 @@ def refuse_unsafe_entries(archive: Path, target: Path, entries: list[tuple[str, 
                                 f"(could land outside {target}); nothing was extracted")
 
 
+MAX_EXPANSION = 100
+"""The most an archive may expand to, as a multiple of its size (MVTec's xz tars: under 10)."""
+
+
+def refuse_oversized(archive: Path, target: Path, declared: int) -> None:
+    """DownloadError when an archive's entries declare more bytes than MAX_EXPANSION times
+    the archive, or than the free space where they would go (a zip bomb, or a full disk)."""
+    size = archive.stat().st_size
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if declared > MAX_EXPANSION * max(size, 1) or declared > free:
+        raise DownloadError(f"refusing to extract {archive}: its entries declare {declared} "
+                            f"bytes, {declared / max(size, 1):.0f} times its {size} bytes "
+                            f"({free} bytes free at {existing}); nothing was extracted")
+
+
 def safe_extract(archive: Path, target: Path) -> Path:
-    """Extract a zip or tar archive into target, after checking that no entry can escape it."""
+    """Extract a zip or tar archive into target, after checking that no entry can escape it
+    and that what the entries declare fits (``refuse_oversized``)."""
     archive, target = Path(archive), Path(target)
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
-            refuse_unsafe_entries(archive, target, [(i.filename, zip_entry_problem(i)) for i in infos])
+            refuse_unsafe_entries(archive, target,
+                                  [(i.filename, zip_entry_problem(i)) for i in infos])
+            refuse_oversized(archive, target, sum(i.file_size for i in infos))
             target.mkdir(parents=True, exist_ok=True)
             zf.extractall(target)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
             members = tf.getmembers()
-            refuse_unsafe_entries(archive, target, [(m.name, tar_entry_problem(m)) for m in members])
+            refuse_unsafe_entries(archive, target,
+                                  [(m.name, tar_entry_problem(m)) for m in members])
+            refuse_oversized(archive, target, sum(m.size for m in members))
             target.mkdir(parents=True, exist_ok=True)
             tf.extractall(target, members=members, **TAR_EXTRACT_OPTIONS)
     else:
@@ -775,6 +853,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="local folder or archive holding the files (no network used)")
     parser.add_argument("--retries", type=positive_int, default=3,
                         help="tries per URL before moving on (default: 3)")
+    parser.add_argument("--deadline", type=positive_int, default=3600,
+                        help="seconds one file may take from one URL, all tries together, "
+                             "before moving on (default: 3600)")
     return parser
 
 
@@ -801,7 +882,7 @@ def report_failure(message: str, code: int = 1) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    options = FetchOptions(retries=args.retries)
+    options = FetchOptions(retries=args.retries, deadline=float(args.deadline))
     try:
         for name in dict.fromkeys(args.datasets):
             print(f"{name}: ready in {install(name, args, options)}")

@@ -11,7 +11,6 @@ from E(x) for a given number of steps. The threshold is a variable; the model's 
 and threshold are JSON in the assets.
 """
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -143,7 +142,7 @@ def export_detector(dcgan, spec, search_config, image_score, threshold, info, fo
             "search": search.get_concrete_function()},
             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
         (tmp / "assets").mkdir(exist_ok=True)
-        utils.write_text(tmp / "assets" / ASSET, json.dumps(info, indent=2) + "\n")
+        utils.write_json(tmp / "assets" / ASSET, info)
         if folder.exists():
             os.replace(folder, old)
         os.replace(tmp, folder)

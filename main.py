@@ -44,14 +44,20 @@ def digits_list(text):
     return tuple(digits)
 
 
-def threshold_value(text):
-    """'auto' or a number."""
-    if text == "auto":
-        return text
+def finite_float(text):
+    """A finite number (not nan or inf)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def threshold_value(text):
+    """'auto' or a finite number."""
+    return text if text == "auto" else finite_float(text)
 
 
 class Parser(argparse.ArgumentParser):
@@ -108,13 +114,15 @@ def build_parser():
 
     fit = p.add_argument_group("training").add_argument
     fit("--epoch", type=int, default=25, help="epochs to train")
-    fit("--learning_rate", type=float, default=None,
+    fit("--learning_rate", type=finite_float, default=None,
         help="Adam learning rate of G and D [0.0002; 0.0001 for wgan_gp]")
-    fit("--beta1", type=float, default=None,
+    fit("--beta1", type=finite_float, default=None,
         help="Adam beta1 of G and D [0.5; 0 for wgan_gp], and of the latent search [0.5]")
-    fit("--beta2", type=float, default=None, help="Adam beta2 of G and D [0.999; 0.9 for wgan_gp]")
+    fit("--beta2", type=finite_float, default=None,
+        help="Adam beta2 of G and D [0.999; 0.9 for wgan_gp]")
     fit("--n_critic", type=int, default=5, help="wgan_gp: critic updates per G update")
-    fit("--gp_weight", type=float, default=10.0, help="wgan_gp: weight of the gradient penalty")
+    fit("--gp_weight", type=finite_float, default=10.0,
+        help="wgan_gp: weight of the gradient penalty")
     fit("--retries", type=int, default=1,
         help="trainings started again with the next seed when the health check fails at the end")
     fit("--batch_size", type=int, default=64, help="training batch size")
@@ -122,9 +130,9 @@ def build_parser():
         help="epochs to train the encoder (at least --encoder_min_steps steps)")
     fit("--encoder_min_steps", type=int, default=model.TrainConfig.encoder_min_steps,
         help="fewest encoder training steps, whatever the folder's size")
-    fit("--encoder_learning_rate", type=float,
+    fit("--encoder_learning_rate", type=finite_float,
         default=model.TrainConfig.encoder_learning_rate, help="Adam learning rate of E")
-    fit("--encoder_kappa", type=float, default=1.0,
+    fit("--encoder_kappa", type=finite_float, default=1.0,
         help="weight of the feature term of izi_f (encoder loss and --score izif)")
     fit("--seed", type=int, default=0, help="seed of numpy and TensorFlow")
 
@@ -141,7 +149,8 @@ def build_parser():
          help="where the search starts: U(-1, 1) (the original) or E(x) (f-AnoGAN)")
     test("--test_epoch", type=int, default=100,
          help="latent-search steps per test image (0: score the starting z)")
-    test("--test_learning_rate", type=float, default=0.001, help="latent-search learning rate")
+    test("--test_learning_rate", type=finite_float, default=0.001,
+         help="latent-search learning rate")
     test("--test_restarts", type=int, default=1,
          help="starting z per test image, searched together; the lowest score is kept")
     test("--test_clip_z", action=boolean, default=False,
@@ -149,7 +158,7 @@ def build_parser():
     test("--score", choices=model.SCORES, default="anogan",
          help="anogan: (1 - lambda) R + lambda D, sums of |.| (the original); izif: f-AnoGAN's "
               "mean squares, R + kappa D")
-    test("--ano_lambda", type=float, default=0.1, help="lambda of the anogan score")
+    test("--ano_lambda", type=finite_float, default=0.1, help="lambda of the anogan score")
     test("--dis_loss", choices=model.DIS_LOSSES, default="feature",
          help="discrimination loss of the anogan score")
     test("--image_score", choices=model.IMAGE_SCORES, default="sum",
@@ -189,6 +198,22 @@ def is_mvtec(args):
     return not is_mnist(args) and utils.is_mvtec_folder(dataset_folder(args))
 
 
+def is_folder_name(name):
+    """Whether ``name`` names one folder inside another: no path, not '.' or '..'."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
+
+
+def check_writable(folder, flag):
+    """UsageError unless files can be written into ``folder`` (made when missing)."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UsageError(f"{flag} {folder} is not writable ({error.strerror or error}): fix "
+                         "its permissions or choose another folder") from None
+
+
 def resolve(args):
     """Fills derived defaults and rejects contradictory flags (raises UsageError).
 
@@ -226,17 +251,34 @@ def resolve(args):
         (args.test_size is not None and args.test_size < 1, "--test_size must be positive"),
         (args.generate_test_images < 1, "--generate_test_images must be positive"),
         (args.retries < 0, "--retries must be >= 0"),
+        (args.seed < 0, "--seed must be >= 0"),
+        (not is_folder_name(args.test_result_dir),
+         f"--test_result_dir must be one folder name (no path), not {args.test_result_dir!r}"),
+        (args.test_result_dir.lower() in utils.NORMAL_FOLDERS,
+         f"--test_result_dir {args.test_result_dir!r} is the name of the normal images' folder"),
     ]
     for failed, message in checks:
         if failed:
             raise UsageError(message)
     try:
-        model_config(args, channels=1)
+        config = model_config(args, channels=3)
         args.train_config = train_config(args)
         args.search_config = search_config(args)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    check_memory(config, max(args.batch_size, args.test_batch_size))
     return args
+
+
+def check_memory(config, batch_size):
+    """UsageError when the model cannot fit in this machine's memory (before building it)."""
+    needed, available = config.training_bytes(batch_size), runtime.available_memory()
+    if available is not None and needed > available:
+        raise UsageError(
+            f"a {config.output_height}x{config.output_width} model needs at least "
+            f"{needed / 2 ** 30:.3g} GiB at batch {batch_size}, and {available / 2 ** 30:.3g} "
+            "GiB are available: lower --output_height/--output_width, --gf_dim/--df_dim or "
+            "the batch size")
 
 
 def model_config(args, channels):
@@ -345,6 +387,8 @@ def build_model(args, channels):
                         args.train_config,
                         strategy=model.make_strategy(args.strategy, args.devices))
     restored = dcgan.load()
+    for line in dcgan.warnings:
+        print(line, file=sys.stderr)
     if dcgan.statistics_missing:
         _, train, _, usable, _ = training_split(args)
         batches = 50
@@ -389,6 +433,8 @@ def train(args):
     """Trains the GAN; when its health check fails at the end of a training begun here, starts
     again with the next seed, up to --retries times (the failed one is set aside)."""
     source, train_images, held_out, usable, steps_per_epoch = training_split(args)
+    check_writable(args.sample_dir, "--sample_dir")
+    check_writable(args.train_config.log_dir, "--log_dir")
     for attempt in range(args.retries + 1):
         dcgan, resumed = build_model(args, source.channels)
         result = train_once(args, dcgan, resumed, train_images, held_out, usable,
@@ -428,6 +474,8 @@ def train_once(args, dcgan, resumed, train_images, held_out, usable, steps_per_e
 
 def train_encoder(args):
     source, train_images, held_out, usable, steps_per_epoch = training_split(args)
+    check_writable(args.sample_dir, "--sample_dir")
+    check_writable(args.train_config.log_dir, "--log_dir")
     dcgan, restored = build_model(args, source.channels)
     if not restored:
         raise UsageError(f"no trained GAN in {dcgan.checkpoint_dir}: train it first (--train "
@@ -461,9 +509,21 @@ def train_encoder(args):
     print(f"encoder checkpoint: {dcgan.encoder_manager.latest_checkpoint}")
 
 
+def saved_channels(args):
+    """The channel count in the checkpoint's config.json, or None without a usable one."""
+    path = Path(args.checkpoint_dir) / model_dir(args) / "config.json"
+    try:
+        channels = json.loads(path.read_text()).get("c_dim")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return channels if channels in (1, 3) else None
+
+
 def trained_model(args):
-    """A restored DCGAN, or UsageError telling to train first."""
-    dcgan, restored = build_model(args, training_source(args, check=False).channels)
+    """A restored DCGAN, or UsageError telling to train first. Its channel count comes from
+    its config.json, else from the training images (read without decoding them)."""
+    channels = saved_channels(args) or training_source(args, check=False).channels
+    dcgan, restored = build_model(args, channels)
     if not restored:
         raise UsageError(f"no checkpoint in {dcgan.checkpoint_dir}: train a model first "
                          "(python main.py --train with the same --dataset and sizes)")
@@ -557,6 +617,12 @@ def anomaly_test(args):
     dcgan = trained_model(args)
     if args.z_init == "encoder":
         check_encoder(dcgan)
+    check_writable(args.train_config.log_dir, "--log_dir")
+    result_dir = result_folder(args)
+    if (result_dir.is_dir() and not utils.is_result_folder(result_dir)
+            and any(p.suffix.lower() in utils.IMAGE_EXTENSIONS for p in result_dir.rglob("*"))):
+        raise UsageError(f"--test_result_dir {args.test_result_dir}: {result_dir} holds test "
+                         "images, not results: choose another name")
     if dcgan.is_chief:
         score_and_report(args, dcgan, result_folder(args))
         return
@@ -681,8 +747,8 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("error: interrupted; finished files are complete, scores.csv is written only at "
-              "the end: run again", file=sys.stderr)
+        print("error: interrupted; earlier results and checkpoints are unchanged: run again",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -117,6 +117,20 @@ class ModelConfig:
         """The labels a conditional model was trained on: ``classes``, else all ``y_dim``."""
         return self.classes or tuple(range(self.y_dim))
 
+    def training_bytes(self, batch_size):
+        """A lower bound of the memory (float32) one training step needs: the largest weights
+        (G's projection, D's last layer) with Adam's two slots, and a batch of G's and D's
+        feature maps, forward and backward."""
+        sizes = [(self.output_height, self.output_width)]
+        for _ in range(4):
+            sizes.append(tuple(halve(s) for s in sizes[-1]))
+        pixels = [h * w for h, w in sizes]
+        weights = (self.z_dim + 1 + self.df_dim * 8 / self.gf_dim) * pixels[4] * self.gf_dim * 8
+        maps = (pixels[0] * self.c_dim
+                + sum(pixels[i] * self.gf_dim * 2 ** (i - 1) for i in range(1, 5))
+                + sum(pixels[i] * self.df_dim * 2 ** (i - 1) for i in range(1, 5)))
+        return int(4 * (3 * weights + 2 * batch_size * maps))
+
     def critic_norm(self, name):
         """D's normalisation layer: batch norm (DCGAN), or layer norm for WGAN-GP's critic,
         whose gradient penalty is per example."""
@@ -602,6 +616,27 @@ def columns(rows):
     return {name: [row[name] for row in rows] for name in (rows[0] if rows else {})}
 
 
+def checkpoint_candidates(manager, folder):
+    """The checkpoints in ``folder``, newest first: the manager's latest, then every ckpt-N
+    whose index file is there (so that a lost 'checkpoint' index file loses nothing)."""
+    numbers = sorted((int(p.name[5:-6]) for p in Path(folder).glob("ckpt-*.index")
+                      if p.name[5:-6].isdigit()), reverse=True)
+    paths = [str(Path(folder) / f"ckpt-{n}") for n in numbers]
+    latest = manager.latest_checkpoint
+    if latest is not None:
+        paths = [latest] + [p for p in paths if Path(p) != Path(latest)]
+    return paths
+
+
+def fresh_manager(checkpoint, folder):
+    """A CheckpointManager of ``folder`` that rotates only the checkpoints this run writes:
+    after a recovery the older ones stay (their index is kept as checkpoint.before-recovery)."""
+    index = Path(folder) / "checkpoint"
+    if index.exists():
+        os.replace(index, index.with_name("checkpoint.before-recovery"))
+    return tf.train.CheckpointManager(checkpoint, str(folder), 3)
+
+
 def sample_inputs(config, count, seed=0):
     """The fixed (z, labels) of the training sample grids; labels cycle through the model's
     conditions."""
@@ -674,6 +709,7 @@ class DCGAN:
         self.statistics_missing = False
         self.health = {"gan": None, "encoder": None}
         self.training_seed = None
+        self.warnings = []
         self._searches = {}
         self._lock_depth = 0
 
@@ -703,31 +739,72 @@ class DCGAN:
     def load(self):
         """Restores the latest checkpoint (and the encoder's, if any); False when there is none.
 
-        Raises ``CheckpointError`` when the checkpoint was built with other shapes. A checkpoint
+        A damaged newest checkpoint (or a lost 'checkpoint' index file) falls back to the
+        newest intact one, with a line in ``warnings``. Raises ``CheckpointError`` when none
+        can be restored or the checkpoint was built with other shapes. A checkpoint
         written before batch-norm statistics were saved restores its weights and sets
         ``statistics_missing`` (see ``estimate_statistics``). The optimisers keep their state
         but take this configuration's learning rates.
         """
-        latest = self.manager.latest_checkpoint
-        if latest is None:
+        candidates = checkpoint_candidates(self.manager, self.checkpoint_dir)
+        if not candidates:
             return False
         saved = self._check_config()
         self.health = {**self.health, **saved.get("health", {})}
         self.training_seed = saved.get("training_seed")
-        self.statistics_missing = self._restore(self.checkpoint, latest)
-        encoder_latest = self.encoder_manager.latest_checkpoint
-        if encoder_latest is not None:
-            self._restore(self.encoder_checkpoint, encoder_latest)
+        self.statistics_missing, recovered = self._restore_newest_intact(self.checkpoint,
+                                                                         candidates)
+        if recovered:
+            self.manager = fresh_manager(self.checkpoint, self.checkpoint_dir)
+        encoder_candidates = checkpoint_candidates(self.encoder_manager,
+                                                   self.checkpoint_dir / "encoder")
+        if encoder_candidates:
+            _, recovered = self._restore_newest_intact(self.encoder_checkpoint,
+                                                       encoder_candidates)
+            if recovered:
+                self.encoder_manager = fresh_manager(self.encoder_checkpoint,
+                                                     self.checkpoint_dir / "encoder")
         for optimizer, rate in zip((self.d_optim, self.g_optim, self.e_optim),
                                    self._learning_rates):
             optimizer.learning_rate.assign(rate)  # the configuration's, not the checkpoint's
         return True
 
+    def _restore_newest_intact(self, checkpoint, candidates):
+        """Restores the first of ``candidates`` (newest first) that restores; (what
+        ``_restore`` returns, whether it recovered from damage or a lost index file). Each
+        one passed over, and a lost index file, adds a warning."""
+        problems = []
+        for path in candidates:
+            try:
+                legacy = self._restore(checkpoint, path)
+            except CheckpointError as error:
+                problems.append(str(error))
+                continue
+            folder = Path(path).parent
+            if problems:
+                self.warnings.append(f"warning: {problems[0]}; restored {Path(path).name}, the "
+                                     "newest intact checkpoint, instead")
+            elif not (folder / "checkpoint").exists():
+                self.warnings.append(f"warning: the 'checkpoint' index file in {folder} is "
+                                     f"missing: restored {Path(path).name}, the newest "
+                                     "checkpoint there")
+            return legacy, bool(problems) or not (folder / "checkpoint").exists()
+        raise CheckpointError(f"{problems[0]}; no older checkpoint in {Path(path).parent} "
+                              "restores either: move the folder away to start afresh")
+
     def _check_config(self):
-        """config.json's contents; ``CheckpointError`` when it describes another model."""
+        """config.json's contents; ``CheckpointError`` when it describes another model or is
+        not a JSON object."""
         if not self.config_path.exists():
             return {}
-        saved = json.loads(self.config_path.read_text())
+        try:
+            saved = json.loads(self.config_path.read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise CheckpointError(f"{self.config_path} is not valid JSON ({error}): restore it "
+                                  "or move the folder away") from None
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{self.config_path} holds {type(saved).__name__}, not a JSON "
+                                  "object: restore it or move the folder away")
         wanted = json.loads(json.dumps(dataclasses.asdict(self.config)))  # tuples as lists
         differing = sorted(k for k in wanted if saved.get(k, wanted[k]) != wanted[k])
         if differing:
@@ -745,16 +822,17 @@ class DCGAN:
         Such a checkpoint (written before this layout) holds the trainable weights only,
         through the optimisers; its batch-norm statistics stay at their initial values.
         """
-        legacy = not any(name.startswith("models/") for name, _ in tf.train.list_variables(path))
         try:
+            legacy = not any(name.startswith("models/")
+                             for name, _ in tf.train.list_variables(path))
             status = checkpoint.restore(path)
             if legacy:
                 status.expect_partial()
             else:
                 status.assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as error:
-            raise CheckpointError(f"cannot restore {path}: {str(error).splitlines()[0]}") \
-                from error
+        except (AssertionError, IndexError, ValueError, tf.errors.OpError) as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise CheckpointError(f"cannot restore {path}: {reason}") from error
         return legacy
 
     @property
@@ -839,9 +917,9 @@ class DCGAN:
         encoder = None if self.encoder_trained_for is None else {
             "steps": self.encoder_steps_done, "trained_for_step": self.encoder_trained_for,
             "kappa": self.train_config.encoder_kappa}
-        utils.write_text(self.config_path, json.dumps(
-            {**dataclasses.asdict(self.config), "training_seed": self.training_seed,
-             "encoder": encoder, "health": self.health}, indent=2))
+        utils.write_json(self.config_path, {
+            **dataclasses.asdict(self.config), "training_seed": self.training_seed,
+            "encoder": encoder, "health": self.health})
 
     # Training --------------------------------------------------------------------------------
 
@@ -1111,6 +1189,9 @@ class DCGAN:
                 path = save()
                 raise TrainingInterrupted(f"interrupted at step {steps_done()}; saved {path}: "
                                           "run again to resume") from None
+            except OSError:
+                save()  # an output that cannot be written loses no training
+                raise
             save()
         writer.flush()
         return [tuple(step.values()) for step in history]
@@ -1120,11 +1201,13 @@ class DCGAN:
         losses = {name: float(value) for name, value in step_fn(*batch).items()}
         step = steps_done()
         if not all(math.isfinite(value) for value in losses.values()):
+            kept = self.manager.latest_checkpoint
             raise TrainingDiverged(
                 f"losses became non-finite at step {step} ("
-                + ", ".join(f"{k} {v}" for k, v in losses.items())
-                + f"); the last good checkpoint in {self.checkpoint_dir} is kept: "
-                "lower --learning_rate")
+                + ", ".join(f"{k} {v}" for k, v in losses.items()) + "); "
+                + (f"the last good checkpoint {kept} is kept" if kept else
+                   f"no checkpoint was written to {self.checkpoint_dir}")
+                + ": lower --learning_rate")
         bar.set_postfix({name: f"{value:.4f}" for name, value in losses.items()})
         with writer.as_default(step=step):
             for name, value in losses.items():

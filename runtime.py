@@ -1,4 +1,4 @@
-"""Process concerns: a quiet TensorFlow start-up.
+"""Process concerns: a quiet TensorFlow start-up, and the memory the machine has.
 
 TensorFlow's native code writes notices to the process's stderr while it loads and while it
 first looks for devices (CUDA drivers missing, oneDNN on, CPU instructions, absl's 'All log
@@ -56,3 +56,16 @@ def import_tensorflow():
 
         tf.config.list_physical_devices()
     return tf
+
+
+def available_memory(meminfo="/proc/meminfo"):
+    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None where
+    the system does not say."""
+    try:
+        with open(meminfo, encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -64,17 +65,100 @@ def write_text(path, text):
         handle.write(text)
 
 
+def has_utf8_name(path):
+    """Whether ``path`` is valid UTF-8 (names that are not cannot be written to scores.csv)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def utf8_named(paths):
+    """``paths`` without those whose names are not valid UTF-8, with a warning counting them."""
+    kept = [p for p in paths if has_utf8_name(p)]
+    if len(kept) < len(paths):
+        example = next(p for p in paths if not has_utf8_name(p))
+        print(f"warning: skipped {len(paths) - len(kept)} file(s) whose names are not valid "
+              f"UTF-8, e.g. {os.fsencode(example)!r}: rename them", file=sys.stderr)
+    return kept
+
+
+def json_safe(value):
+    """``value`` with every NaN or infinite float replaced by None (valid JSON)."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path, value):
+    """Writes ``value`` as indented, valid JSON (non-finite numbers as null), atomically."""
+    write_text(path, json.dumps(json_safe(value), indent=2, allow_nan=False) + "\n")
+
+
 def list_images(folder, pattern):
     """Sorted files under ``folder`` (recursively) whose names match ``pattern``."""
     folder = Path(folder)
-    return sorted(str(p) for p in folder.rglob(pattern) if p.is_file()
-                  and not p.name.startswith("."))
+    return sorted(str(p) for p in utf8_named([p for p in folder.rglob(pattern)
+                                              if p.is_file() and not p.name.startswith(".")]))
+
+
+GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
 def image_channels(path):
     """1 for a grayscale image file, 3 for anything else (converted to RGB)."""
     with Image.open(path) as image:
-        return 1 if image.mode in ("1", "L", "I", "I;16", "F") else 3
+        return 1 if image.mode in GRAY_MODES else 3
+
+
+def first_channels(files):
+    """``image_channels`` of the first of ``files`` that opens; DataError when none does."""
+    problems = []
+    for path in files:
+        try:
+            return image_channels(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            problems.append(f"{path}: {error}")
+    raise DataError(f"none of the {len(files)} images opens, e.g. {problems[0]}")
+
+
+def has_alpha(image):
+    """Whether a Pillow image carries transparency."""
+    return image.mode in ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
+
+
+def full_scale(mode, peak):
+    """The value of a high-depth grayscale image that maps to 255: 65535 for 16-bit images
+    (and 32-bit ones whose values fit 16 bits), 1 for float images in [0, 1], else 255 or the
+    image's peak."""
+    if mode.startswith("I;16") or 255.0 < peak <= 65535.0:
+        return 65535.0
+    if mode == "F" and peak <= 1.0:
+        return 1.0
+    return max(255.0, peak)
+
+
+def eight_bit(image):
+    """A Pillow image as 8 bits a channel without losing its content: 16- and 32-bit
+    grayscale scaled by their range (0..65535 for 16 bits, not clipped at 255), float images by
+    theirs, and transparency composited onto white."""
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, np.float64)
+        top = full_scale(image.mode, float(values.max()) if values.size else 0.0)
+        return Image.fromarray(np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8),
+                               "L")
+    if has_alpha(image):
+        gray = image.mode in GRAY_MODES
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        composited = Image.alpha_composite(white, image.convert("RGBA"))
+        return composited.convert("L" if gray else "RGB")
+    return image
 
 
 def center_crop_box(width, height, crop_w, crop_h):
@@ -105,21 +189,22 @@ def load_image(path, input_size, output_size, crop, channels, value_range=(-1.0,
     ``output_size``; without it the whole image is resized, as in the original.
     """
     with Image.open(path) as image:
-        image = prepared(image.convert("L" if channels == 1 else "RGB"), path, input_size,
-                         output_size, crop, Image.BICUBIC)
+        image = prepared(eight_bit(image).convert("L" if channels == 1 else "RGB"), path,
+                         input_size, output_size, crop, Image.BICUBIC)
         array = np.asarray(image, dtype=np.float32).reshape(*output_size, channels)
     return scale_pixels(array, value_range)
 
 
 def load_mask(path, spec):
-    """A ground-truth mask as a boolean (h, w) array at the model's size: cropped as the images
-    are, resized by nearest neighbour; all False for ``path`` None (a normal image)."""
+    """A ground-truth mask as a boolean (h, w) array at the model's size (defect where the
+    mask is not 0: 0/255 and 0/1 masks alike): cropped as the images are, resized by nearest
+    neighbour; all False for ``path`` None (a normal image)."""
     if path is None:
         return np.zeros(spec.output_size, bool)
     with Image.open(path) as image:
         mask = prepared(image.convert("L"), path, spec.input_size, spec.output_size, spec.crop,
                         Image.NEAREST)
-        return np.asarray(mask) > 127
+        return np.asarray(mask) > 0
 
 
 def scale_pixels(pixels, value_range):
@@ -285,17 +370,18 @@ def folder_source(folder, pattern, crop_size=None, check=True):
     if check:
         files = readable_images(files, crop_size)
     return ImageSource(names=[os.path.relpath(f, folder) for f in files],
-                       channels=image_channels(files[0]), files=files)
+                       channels=first_channels(files), files=files)
 
 
 def image_problem(path):
-    """None when Pillow decodes ``path`` completely, else why not; and its (w, h) size."""
+    """None when Pillow decodes ``path`` completely, else why not; its (w, h) size; and
+    whether it is transparent."""
     try:
         with Image.open(path) as image:
             image.load()
-            return None, image.size
+            return None, image.size, has_alpha(image)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
-        return str(error) or type(error).__name__, None
+        return str(error) or type(error).__name__, None, False
 
 
 def readable_images(files, crop_size=None):
@@ -306,14 +392,18 @@ def readable_images(files, crop_size=None):
     with ThreadPoolExecutor(max_workers=4) as pool:
         checks = list(tqdm(pool.map(image_problem, files), total=len(files), unit="image",
                            desc="checking images", disable=len(files) < 2000, leave=False))
-    bad = [(f, problem) for f, (problem, _) in zip(files, checks) if problem]
+    bad = [(f, problem) for f, (problem, _, _) in zip(files, checks) if problem]
     if len(bad) == len(files):
         raise DataError(f"none of the {len(files)} images can be read, e.g. {bad[0][0]}: "
                         f"{bad[0][1]}")
     if bad:
         print(f"warning: skipped {len(bad)} of {len(files)} images that cannot be read, e.g. "
               f"{bad[0][0]}: {bad[0][1]}", file=sys.stderr)
-    good = [(f, size) for f, (problem, size) in zip(files, checks) if not problem]
+    transparent = [f for f, (problem, _, alpha) in zip(files, checks) if alpha and not problem]
+    if transparent:
+        print(f"warning: {len(transparent)} of {len(files)} images are transparent, e.g. "
+              f"{transparent[0]}: composited onto white", file=sys.stderr)
+    good = [(f, size) for f, (problem, size, _) in zip(files, checks) if not problem]
     if crop_size is not None:
         crop_h, crop_w = crop_size
         small = [(f, size) for f, size in good if size[0] < crop_w or size[1] < crop_h]
@@ -403,12 +493,15 @@ def is_mvtec_folder(folder):
     return (Path(folder) / "train" / "good").is_dir() and (Path(folder) / "test").is_dir()
 
 
-RESULT_MARKERS = ("metrics.json", ".scores.partial.csv")
+RESULT_MARKERS = ("metrics.json", "scores.csv", ".scores.partial.csv")
 
 
 def is_result_folder(folder):
-    """Whether ``folder`` holds an earlier anomaly test's results (never scored as input)."""
-    return any((Path(folder) / marker).exists() for marker in RESULT_MARKERS)
+    """Whether ``folder`` holds an earlier anomaly test's results (never scored as input),
+    renamed or not: its summary files, or its AD_error_ images."""
+    folder = Path(folder)
+    return (any((folder / marker).exists() for marker in RESULT_MARKERS)
+            or next(folder.glob("AD_error_*.png"), None) is not None)
 
 
 def test_folder_source(test_dir, exclude, channels, crop_size=None, mask_dir=None):
@@ -440,8 +533,8 @@ def test_folder_source(test_dir, exclude, channels, crop_size=None, mask_dir=Non
               0 if name.split("/")[0].lower() in NORMAL_FOLDERS else 1 for name in names]
     masks = None
     if mask_dir is not None and Path(mask_dir).is_dir():
-        masks = [mask_file(mask_dir, name) if label == 1 else None
-                 for name, label in zip(names, labels)]
+        masks = usable_masks([mask_file(mask_dir, name) if label == 1 else None
+                              for name, label in zip(names, labels)])
         masks = masks if any(masks) else None
     return ImageSource(names=names, channels=channels, files=[str(p) for p in files],
                        labels=np.asarray(labels, np.int64), masks=masks)
@@ -455,6 +548,32 @@ def file_source(path, channels, crop_size=None):
     files = readable_images([str(path)], crop_size)
     return ImageSource(names=[path.name], channels=channels, files=files,
                        labels=np.full(1, -1, np.int64))
+
+
+def mask_problem(path):
+    """Why a mask file cannot serve (unreadable, or no defect pixel), or None."""
+    try:
+        with Image.open(path) as image:
+            if not np.asarray(image.convert("L")).any():
+                return "has no defect pixel"
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        return f"cannot be read ({error})"
+    return None
+
+
+def usable_masks(masks):
+    """``masks`` with those that cannot serve replaced by None (their images are left out of
+    the pixel-level AUC), each kind of problem in one warning line."""
+    problems = {}
+    for index, path in enumerate(masks):
+        problem = path and mask_problem(path)
+        if problem:
+            problems.setdefault(problem.split(" (")[0], []).append(path)
+            masks[index] = None
+    for problem, paths in problems.items():
+        print(f"warning: {len(paths)} mask(s) {problem}, e.g. {paths[0]}: their images are left "
+              "out of the pixel-level ROC AUC", file=sys.stderr)
+    return masks
 
 
 def mask_file(mask_dir, name):
@@ -507,6 +626,21 @@ SCORE_COLUMNS = ("file", "label", "anomaly_score", "residual_loss", "discriminat
 def result_name(name):
     """A flat PNG file name for an input image's (relative) name."""
     return Path(name.replace("/", "_").replace("\\", "_")).stem + ".png"
+
+
+def unique_result_names(names):
+    """``result_name`` of each input, made distinct where two flatten alike (anomaly/000.png
+    and anomaly_000.png; compared without case): later ones get a -2, -3, ... suffix."""
+    seen, unique = set(), []
+    for name in names:
+        base = candidate = result_name(name)
+        count = 1
+        while candidate.lower() in seen:
+            count += 1
+            candidate = f"{Path(base).stem}-{count}.png"
+        seen.add(candidate.lower())
+        unique.append(candidate)
+    return unique
 
 
 def residual_map(images, fakes, value_range):
@@ -587,17 +721,24 @@ class BackgroundWriter:
 class AnomalyReport:
     """Writes the anomaly test's outputs as batches arrive, and its summary at the end.
 
-    Per image it writes the original's AD_/AD_error_ PNGs at once; scores go to a hidden
-    partial CSV as they come, and ``finish`` writes scores.csv (with ``is_anomaly``),
-    metrics.json and the plots atomically. When the source has ground-truth masks,
+    Everything is written into a hidden staging folder beside ``result_dir``, which replaces
+    ``result_dir`` whole at the end: a run's results appear together or not at all. Per image
+    it writes the original's AD_/AD_error_ PNGs at once (distinct names even where two inputs'
+    flattened names are alike); scores go to a partial CSV as they come, and ``finish`` writes
+    scores.csv (with ``is_anomaly``), metrics.json and the plots, then publishes the folder. When the source has ground-truth masks,
     ``mask_spec`` (the images' ``ImageSpec``) reads them batch by batch for the pixel-level ROC
     AUC. Memory stays flat: only scalars, final z, pixel histograms and the few worst images
     for the overview are kept.
     """
 
     def __init__(self, result_dir, source, value_range, overview_rows=8, mask_spec=None):
-        self.result_dir = Path(result_dir)
-        self.result_dir.mkdir(parents=True, exist_ok=True)
+        self.final_dir = Path(result_dir)
+        self.final_dir.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.final_dir.parent.glob(f".{self.final_dir.name}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        self.result_dir = self.final_dir.with_name(f".{self.final_dir.name}.partial-{os.getpid()}")
+        self.result_dir.mkdir()
+        self.output_names = unique_result_names(source.names)
         self.images_written = BackgroundWriter()
         self.source, self.value_range, self.overview_rows = source, value_range, overview_rows
         self.mask_spec = mask_spec if source.masks is not None else None
@@ -623,7 +764,8 @@ class AnomalyReport:
         start = len(self)
         names = self.source.names[start:start + len(images)]
         labels = self._labels()[start:start + len(images)]
-        self.images_written.submit(self._save_images, names, result.snapshots,
+        self.images_written.submit(self._save_images, self.output_names[start:start + len(images)],
+                                   result.snapshots,
                                    {step: residual_map(images, fakes, self.value_range)
                                     for step, fakes in result.snapshots.items()})
         for row in zip(names, labels, result.score, result.residual, result.discrimination):
@@ -638,7 +780,10 @@ class AnomalyReport:
         if self.mask_spec is not None:
             maps = anomaly_maps(images, final, self.value_range) if maps is None else maps
             masks = self.source.masks[start:start + len(images)]
-            self.pixels.add(maps, np.stack([load_mask(m, self.mask_spec) for m in masks]))
+            known = [m is not None or label == 0 for m, label in zip(masks, labels)]
+            if any(known):
+                self.pixels.add(maps[known], np.stack([load_mask(m, self.mask_spec)
+                                                       for m, k in zip(masks, known) if k]))
         for offset, score in enumerate(result.score):
             score = float(score) if np.isfinite(score) else -np.inf
             entry = (score, start + offset, images[offset], final[offset])
@@ -652,8 +797,8 @@ class AnomalyReport:
         for step, fakes in snapshots.items():
             pixels = zip(names, to_pixels(self._unit(fakes)), to_pixels(errors[step]))
             for name, fake, error in pixels:
-                save_png(fake, self.result_dir / f"AD_{step}_{result_name(name)}")
-                save_png(error, self.result_dir / f"AD_error_{step}_{result_name(name)}")
+                save_png(fake, self.result_dir / f"AD_{step}_{name}")
+                save_png(error, self.result_dir / f"AD_error_{step}_{name}")
 
     def _labels(self):
         if self.source.labels is None:
@@ -701,13 +846,23 @@ class AnomalyReport:
                                                         labels),
                    "threshold": float(threshold), "threshold_source": threshold_source,
                    **extra, "non_finite": self.non_finite()}
-        write_text(self.result_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        write_json(self.result_dir / "metrics.json", metrics)
         self._plots(scores, labels, threshold, metrics)
+        self._publish()
         if tensorboard is not None:
             log_dir, step, name = tensorboard
             log_results(log_dir, step, name, scores, labels, metrics,
                         self.result_dir / "overview.png")
         return metrics
+
+    def _publish(self):
+        """Replaces the results folder by the staging folder (two renames)."""
+        old = self.final_dir.with_name(f".{self.final_dir.name}.old-{os.getpid()}")
+        if self.final_dir.exists():
+            os.replace(self.final_dir, old)
+        os.replace(self.result_dir, self.final_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        self.result_dir = self.final_dir
 
     def rows(self):
         """(name, score, is_anomaly) of every scored image, once ``finish`` has run."""

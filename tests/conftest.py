@@ -82,6 +82,16 @@ def error_line(capsys):
     return err
 
 
+def exit_code(flags):
+    """main.main's exit code, whether returned or raised by argparse."""
+    import main
+
+    try:
+        return main.main(flags)
+    except SystemExit as stop:
+        return stop.code
+
+
 def read_scores(result_dir):
     """The rows of an anomaly test's scores.csv, as dicts."""
     with open(f"{result_dir}/scores.csv", newline="", encoding="utf-8") as handle:
@@ -183,14 +193,16 @@ TINY_FLAGS = ["--input_fname_pattern", "*.png", "--batch_size", "8", "--input_he
 
 @pytest.fixture(scope="session")
 def tiny_detector(tmp_path_factory):
-    """A tiny DCGAN trained 3 epochs on 28x28 rings and its encoder (48 steps), shared by the
-    tests that only need *a* trained model and do not change it; (root, flags)."""
+    """A tiny DCGAN trained 3 epochs (12 steps, checkpoints at 4, 8 and 12) on 28x28 rings and
+    its encoder (48 steps), shared by the tests that only need *a* trained model and do not
+    change it; (root, flags)."""
     import main
 
     root = tmp_path_factory.mktemp("tiny_detector")
     write_images(root / "data" / "rings", 40, 28, kind=0)
     flags = ["--dataset", "rings", *TINY_FLAGS, "--data_dir", str(root / "data"),
              "--checkpoint_dir", str(root / "checkpoint"), "--sample_dir", str(root / "samples"),
-             "--log_dir", str(root / "logs"), "--epoch", "3", "--encoder_min_steps", "48"]
+             "--log_dir", str(root / "logs"), "--epoch", "3", "--encoder_min_steps", "48",
+             "--save_every", "4"]
     assert main.main([*flags, "--train", "--train_encoder"]) == 0
     return root, flags

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import write_images, write_mnist
+from conftest import error_line, write_images, write_mnist
 from PIL import Image
 
 import main
@@ -23,12 +23,6 @@ CONFIG = model.ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8)
 
 def run_main(flags, *extra):
     return main.main([*flags, *map(str, extra)])
-
-
-def error_line(capsys):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture(scope="module")

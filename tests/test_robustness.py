@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import write_images
+from conftest import error_line, exit_code, write_images
 
 import main
 import model
@@ -20,13 +20,6 @@ import utils
 REPO = Path(__file__).resolve().parents[1]
 GRAY = ["--dataset", "gray", "--input_fname_pattern", "*.png", "--input_height", "28",
         "--output_height", "28", "--batch_size", "8", "--gf_dim", "8", "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0"]
-
-
-def error_line(capsys):
-    """The single stderr line of a failed run."""
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    return err
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -45,14 +38,6 @@ def error_line(capsys):
 def test_bad_flags_and_missing_data_give_one_line(workdir, capsys, flags, expected):
     assert exit_code(flags) == 2
     assert expected in error_line(capsys)
-
-
-def exit_code(flags):
-    """main's exit code, whether returned or raised by argparse."""
-    try:
-        return main.main(flags)
-    except SystemExit as stop:
-        return stop.code
 
 
 def test_empty_dataset_folder_names_the_pattern(workdir, capsys):
@@ -199,7 +184,8 @@ def test_interrupted_report_leaves_old_scores_intact_and_reruns(tmp_path):
     report.add(*fake_result([1.0, 5.0]))
     # Interrupted here: the old scores.csv is untouched, the partial rows stay hidden.
     assert (tmp_path / "scores.csv").read_text() == "old complete results\n"
-    assert (tmp_path / ".scores.partial.csv").read_text().count("\n") == 3
+    assert report.result_dir.name.startswith(f".{tmp_path.name}.partial-")
+    assert (report.result_dir / ".scores.partial.csv").read_text().count("\n") == 3
     report = utils.AnomalyReport(tmp_path, source, (-1.0, 1.0))
     report.add(*fake_result([1.0, np.nan]))
     report.add(*fake_result([3.0]))
@@ -209,6 +195,7 @@ def test_interrupted_report_leaves_old_scores_intact_and_reruns(tmp_path):
         "a.png,0,1,1,1,0", "b.png,1,nan,nan,nan,0", "c.png,1,3,3,3,1"]
     assert not (tmp_path / ".scores.partial.csv").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}.")]
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

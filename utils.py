@@ -851,8 +851,13 @@ class AnomalyReport:
         self._publish()
         if tensorboard is not None:
             log_dir, step, name = tensorboard
-            log_results(log_dir, step, name, scores, labels, metrics,
-                        self.result_dir / "overview.png")
+            try:
+                log_results(log_dir, step, name, scores, labels, metrics,
+                            self.result_dir / "overview.png")
+            except (OSError, tf.errors.OpError) as error:
+                print(f"warning: the results are in {self.result_dir}, but TensorBoard's copy "
+                      f"could not be written to {log_dir} ({str(error).splitlines()[0]})",
+                      file=sys.stderr)
         return metrics
 
     def _publish(self):

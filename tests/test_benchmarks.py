@@ -69,6 +69,7 @@ def test_mnist_one_class_keeps_every_run_per_seed_and_reuses_them(tmp_path):
     flags = ["--data_dir", str(tmp_path / "data"), "--digits", "1", "--seeds", "0,1",
              "--epochs", "1", "--test_size", "20", "--test_epoch", "2", "--batch_size", "8",
              "--modes", "b_izif,a", "--work_dir", str(tmp_path / "work"), "--retries", "0",
+             "--records", str(tmp_path / "records"),
              "--extra=--encoder_min_steps 2 --z_dim 8 --gf_dim 8 --df_dim 8"]
     done = subprocess.run([sys.executable, str(BENCHMARKS / "mnist_one_class.py"), *flags],
                           capture_output=True, text=True, timeout=900, check=False)

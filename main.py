@@ -385,7 +385,7 @@ def build_model(args, channels):
     """
     dcgan = model.DCGAN(model_config(args, channels), Path(args.checkpoint_dir) / model_dir(args),
                         args.train_config,
-                        strategy=model.make_strategy(args.strategy, args.devices))
+                        strategy=runtime.make_strategy(args.strategy, args.devices))
     restored = dcgan.load()
     for line in dcgan.warnings:
         print(line, file=sys.stderr)

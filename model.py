@@ -10,28 +10,26 @@ Papers:
   unsupervised anomaly detection with generative adversarial networks", Medical Image
   Analysis 54 (2019).
 
-Where each part lives:
-- the networks: ``Generator``, ``Discriminator`` (its last conv block is AnoGAN's feature
-  layer f) and their class-conditional MNIST variants; ``Encoder`` is f-AnoGAN's E (image -> z);
-- the losses: ``discriminator_loss`` and ``generator_loss`` (DCGAN training),
-  ``anomaly_score`` (AnoGAN's (1 - lambda) R + lambda D) and ``izif_score`` (f-AnoGAN's izi_f,
-  also the encoder's training loss);
-- ``DCGAN``: training (one D update, then two G updates), encoder training with G and D frozen,
-  the batched latent-z search (``DCGAN.search``) and scoring (``DCGAN.score_batches``),
-  checkpoints of every variable, sampling and the original's visualisations.
+What this module owns (the networks are in networks.py, process concerns in runtime.py):
+- the configurations ``ModelConfig``, ``TrainConfig`` and ``SearchConfig``, each checking its
+  own fields;
+- the losses and scores, pure functions: ``discriminator_loss`` and ``generator_loss`` (DCGAN),
+  ``critic_loss``, ``wasserstein_generator_loss`` and ``gradient_penalty`` (WGAN-GP),
+  ``anomaly_score`` (AnoGAN's (1 - lambda) R + lambda D), ``izif_score`` (f-AnoGAN's izi_f, also
+  the encoder's training loss) and ``map_score`` (image scores of residual maps);
+- ``DCGAN``: training (DCGAN: one D update, then two G updates; or WGAN-GP), encoder training
+  with G and D frozen, the health check's samples, the batched latent-z search
+  (``DCGAN.search``) and scoring (``DCGAN.score_batches``), checkpoints of every variable,
+  sampling and the original's visualisations.
 """
 
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import json
 import math
 import os
-import signal
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -42,21 +40,16 @@ from tqdm import tqdm
 
 import health
 import utils
-from ops import (
-    Deconv2D,
-    LayerNorm,
-    batch_norm,
-    conv2d,
-    conv_cond_concat,
-    frozen,
-    halve,
-    linear,
-    lrelu,
+from networks import (
+    ConditionalDiscriminator,
+    ConditionalGenerator,
+    Discriminator,
+    Encoder,
+    Generator,
+    variables_by_path,
 )
-
-
-class CheckpointError(Exception):
-    """A checkpoint that is missing, in use, or was built for another model shape."""
+from ops import LayerNorm, batch_norm, flat, frozen, halve
+from runtime import CheckpointError, folder_lock, is_chief, stop_requests
 
 
 class TrainingInterrupted(Exception):
@@ -336,11 +329,6 @@ def adam_update(z, grad, m, v, t, config):
     return (tf.clip_by_value(z, -1.0, 1.0) if config.clip_z else z), m, v
 
 
-def flat(tensor):
-    """(batch, everything else) view of a batch of images or feature maps."""
-    return tf.reshape(tensor, (tf.shape(tensor)[0], -1))
-
-
 def anomaly_score(images, fakes, real_features, fake_features, ano_lambda, fake_logits=None):
     """AnoGAN's score per image, (1 - lambda) R + lambda D; returns (score, R, D).
 
@@ -403,212 +391,6 @@ def map_score(maps, kind):
         smooth = tf.nn.conv2d(smooth, taps.reshape(1, -1, 1, 1), 1, "VALID")
         return tf.reduce_max(flat(smooth), axis=1)
     raise ValueError(f"--image_score must be one of {IMAGE_SCORES}, not {kind!r}")
-
-
-# Networks ------------------------------------------------------------------------------------
-
-class Generator(keras.Model):
-    """z -> image: linear to (s/16, s/16, gf*8), three BN+ReLU deconvs, tanh deconv."""
-
-    def __init__(self, config):
-        super().__init__(name="generator")
-        sizes = [(config.output_height, config.output_width)]
-        for _ in range(4):
-            sizes.append(tuple(halve(s) for s in sizes[-1]))
-        self.start_shape = (*sizes[4], config.gf_dim * 8)
-        self.project = linear(math.prod(self.start_shape), name="g_h0_lin")
-        self.bns = [batch_norm(name=f"g_bn{i}") for i in range(4)]
-        self.deconvs = [
-            Deconv2D(config.gf_dim * 4, sizes[3], name="g_h1"),
-            Deconv2D(config.gf_dim * 2, sizes[2], name="g_h2"),
-            Deconv2D(config.gf_dim, sizes[1], name="g_h3"),
-            Deconv2D(config.c_dim, sizes[0], name="g_h4"),
-        ]
-
-    def call(self, z, y=None, training=False):
-        h = tf.reshape(self.project(z), (-1, *self.start_shape))
-        for deconv, bn in zip([None, *self.deconvs[:3]], self.bns):
-            if deconv is not None:
-                h = deconv(h)
-            h = tf.nn.relu(bn(h, training=training))
-        return tf.tanh(self.deconvs[3](h))
-
-
-class Discriminator(keras.Model):
-    """image -> (logits, features): four strided convs (BN after the first), linear to ``units``.
-
-    ``features`` is the last conv block, the f(x) of AnoGAN's feature matching.
-    """
-
-    def __init__(self, config, units=1, prefix="d", name="discriminator", norm=None):
-        super().__init__(name=name)
-        self.convs = [conv2d(config.df_dim * 2 ** i, name=f"{prefix}_h{i}_conv")
-                      for i in range(4)]
-        norm = norm or config.critic_norm
-        self.bns = [None] + [norm(f"{prefix}_bn{i}") for i in range(1, 4)]
-        self.logit = linear(units, name=f"{prefix}_h4_lin")
-
-    def call(self, images, y=None, training=False):
-        h = images
-        for conv, bn in zip(self.convs, self.bns):
-            h = conv(h)
-            h = lrelu(h if bn is None else bn(h, training=training))
-        return self.logit(flat(h)), h
-
-
-class Encoder(Discriminator):
-    """image (with its one-hot label when conditional) -> z in [-1, 1]: f-AnoGAN's E.
-
-    D's strided conv stack with ``z_dim`` tanh outputs (the paper's 'tanh_fc' encoder).
-    """
-
-    def __init__(self, config):
-        super().__init__(config, units=config.z_dim, prefix="e", name="encoder", norm=batch_norm)
-
-    def call(self, images, y=None, training=False):
-        if y is not None and y.shape[-1]:
-            images = conv_cond_concat(images, y)
-        logits, _ = super().call(images, training=training)
-        return tf.tanh(logits)
-
-
-class ConditionalGenerator(keras.Model):
-    """(z, y) -> image in [0, 1]: the original's class-conditional MNIST generator."""
-
-    def __init__(self, config):
-        super().__init__(name="generator")
-        self.size2 = tuple(halve(s) for s in (config.output_height, config.output_width))
-        self.size4 = tuple(halve(s) for s in self.size2)
-        self.fc0 = linear(config.gfc_dim, name="g_h0_lin")
-        self.fc1 = linear(config.gf_dim * 2 * math.prod(self.size4), name="g_h1_lin")
-        self.deconv2 = Deconv2D(config.gf_dim * 2, self.size2, name="g_h2")
-        self.deconv3 = Deconv2D(config.c_dim, (config.output_height, config.output_width),
-                                name="g_h3")
-        self.bns = [batch_norm(name=f"g_bn{i}") for i in range(3)]
-        self.gf_dim = config.gf_dim
-
-    def call(self, z, y=None, training=False):
-        h = tf.nn.relu(self.bns[0](self.fc0(tf.concat([z, y], 1)), training=training))
-        h = tf.nn.relu(self.bns[1](self.fc1(tf.concat([h, y], 1)), training=training))
-        h = conv_cond_concat(tf.reshape(h, (-1, *self.size4, self.gf_dim * 2)), y)
-        h = tf.nn.relu(self.bns[2](self.deconv2(h), training=training))
-        return tf.sigmoid(self.deconv3(conv_cond_concat(h, y)))
-
-
-class ConditionalDiscriminator(keras.Model):
-    """(image, y) -> (logit, features): the original's class-conditional MNIST discriminator.
-
-    ``features`` is its fully connected layer after batch norm and leaky ReLU (``d_h2_lin``),
-    the original's ``feature_match_layer`` for this model.
-    """
-
-    def __init__(self, config):
-        super().__init__(name="discriminator")
-        self.conv0 = conv2d(config.c_dim + config.y_dim, name="d_h0_conv")
-        self.conv1 = conv2d(config.df_dim + config.y_dim, name="d_h1_conv")
-        self.fc2 = linear(config.dfc_dim, name="d_h2_lin")
-        self.logit = linear(1, name="d_h3_lin")
-        self.bn1 = config.critic_norm("d_bn1")
-        self.bn2 = config.critic_norm("d_bn2")
-
-    def call(self, images, y=None, training=False):
-        h = lrelu(self.conv0(conv_cond_concat(images, y)))
-        h = lrelu(self.bn1(self.conv1(conv_cond_concat(h, y)), training=training))
-        features = lrelu(self.bn2(self.fc2(tf.concat([flat(h), y], 1)), training=training))
-        return self.logit(tf.concat([features, y], 1)), features
-
-
-def variables_by_path(*models):
-    """Every variable of ``models``, trainable or not (batch-norm statistics), by its path.
-
-    Keras 3 models expose no variables to ``tf.train.Checkpoint``; a dict of them does.
-    """
-    return {variable.path: variable for model in models for variable in model.variables}
-
-
-# Processes, devices and signals --------------------------------------------------------------
-
-@functools.cache
-def make_strategy(name="default", devices=None):
-    """The tf.distribute strategy called ``name`` (default, mirrored or multiworker).
-
-    One per process and configuration: strategies own process-wide collective keys, and two
-    alike would collide.
-    """
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy(devices.split(",") if devices else None)
-    if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def is_chief(strategy):
-    """False only for the non-chief workers of a multi-worker strategy."""
-    resolver = strategy.cluster_resolver
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return not has_chief and resolver.task_type == "worker" and resolver.task_id == 0
-
-
-@contextlib.contextmanager
-def stop_requests():
-    """An Event set by the first SIGINT or SIGTERM (a second SIGINT interrupts at once).
-
-    Training checks it between steps, so a checkpoint is never cut short mid-write.
-    """
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def request(signum, frame):
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop.set()
-
-    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-@contextlib.contextmanager
-def folder_lock(folder):
-    """Holds an exclusive OS lock (``flock``) on ``folder``/.lock: one writer at a time.
-
-    The kernel releases it when the process ends, however it ends. Raises ``CheckpointError``
-    at once when another process holds it (naming that process), or when ``folder`` cannot be
-    a folder.
-    """
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise CheckpointError(f"cannot use {folder} as a checkpoint folder: "
-                              f"{error.strerror or error} ({error.filename})") from None
-    descriptor = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(descriptor, 4096, 0).decode(errors="replace").strip()
-            raise CheckpointError(
-                f"checkpoint folder {folder} is in use by another training "
-                f"({holder or 'another process'}): wait for it or use another "
-                "--checkpoint_dir") from None
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"pid {os.getpid()}: {' '.join(sys.argv)}".encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(descriptor, 0)
-    finally:
-        os.close(descriptor)
 
 
 def columns(rows):

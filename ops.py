@@ -55,6 +55,11 @@ def lrelu(x, leak=0.2):
     return tf.maximum(x, leak * x)
 
 
+def flat(tensor):
+    """(batch, everything else) view of a batch of images or feature maps."""
+    return tf.reshape(tensor, (tf.shape(tensor)[0], -1))
+
+
 def conv_cond_concat(x, y):
     """Concatenates a one-hot label ``y`` (batch, y_dim) to every pixel of ``x``."""
     shape = tf.shape(x)

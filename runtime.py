@@ -1,4 +1,5 @@
-"""Process concerns: a quiet TensorFlow start-up, and the memory the machine has.
+"""Process concerns: a quiet TensorFlow start-up, the memory the machine has, tf.distribute
+strategies and the chief, stop requests (SIGINT, SIGTERM) and the checkpoint folder's lock.
 
 TensorFlow's native code writes notices to the process's stderr while it loads and while it
 first looks for devices (CUDA drivers missing, oneDNN on, CPU instructions, absl's 'All log
@@ -8,10 +9,15 @@ and writes back every line but those known notices, so real errors still show.
 """
 
 import contextlib
+import fcntl
+import functools
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
+from pathlib import Path
 
 STARTUP_NOTICES = re.compile(
     r"cudart_stub\.cc|cuda_platform\.cc|cuda_executor\.cc|cuda_diagnostics|cuInit|"
@@ -69,3 +75,92 @@ def available_memory(meminfo="/proc/meminfo"):
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, in use, or was built for another model shape."""
+
+
+@functools.cache
+def make_strategy(name="default", devices=None):
+    """The tf.distribute strategy called ``name`` (default, mirrored or multiworker).
+
+    One per process and configuration: strategies own process-wide collective keys, and two
+    alike would collide.
+    """
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices.split(",") if devices else None)
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy):
+    """False only for the non-chief workers of a multi-worker strategy."""
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return not has_chief and resolver.task_type == "worker" and resolver.task_id == 0
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """An Event set by the first SIGINT or SIGTERM (a second SIGINT interrupts at once).
+
+    Training checks it between steps, so a checkpoint is never cut short mid-write.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def folder_lock(folder):
+    """Holds an exclusive OS lock (``flock``) on ``folder``/.lock: one writer at a time.
+
+    The kernel releases it when the process ends, however it ends. Raises ``CheckpointError``
+    at once when another process holds it (naming that process), or when ``folder`` cannot be
+    a folder.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CheckpointError(f"cannot use {folder} as a checkpoint folder: "
+                              f"{error.strerror or error} ({error.filename})") from None
+    descriptor = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 4096, 0).decode(errors="replace").strip()
+            raise CheckpointError(
+                f"checkpoint folder {folder} is in use by another training "
+                f"({holder or 'another process'}): wait for it or use another "
+                "--checkpoint_dir") from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"pid {os.getpid()}: {' '.join(sys.argv)}".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(descriptor, 0)
+    finally:
+        os.close(descriptor)

@@ -11,6 +11,7 @@ from PIL import Image
 import health
 import main
 import model
+import ops
 
 
 def test_gradient_penalty_of_a_linear_critic_is_its_slope_minus_one_squared():
@@ -114,7 +115,7 @@ def test_wgan_gp_retries_with_the_next_seed_resumes_and_scores(wgan, capsys):
     dcgan = model.DCGAN(model.ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8,
                                           gan="wgan_gp"), folder)
     assert dcgan.load() and dcgan.steps_done == 12 and dcgan.training_seed == 1
-    assert isinstance(dcgan.discriminator.bns[1], model.LayerNorm)
+    assert isinstance(dcgan.discriminator.bns[1], ops.LayerNorm)
     assert main.main([*flags, "--epoch", "3", "--train_encoder", "--encoder_min_steps", "6",
                       "--anomaly_test", "--z_init", "encoder", "--test_epoch", "0"]) == 0
     out = capsys.readouterr()

@@ -292,7 +292,8 @@ def train_config(args):
     return model.TrainConfig(
         epochs=args.epoch, learning_rate=args.train_learning_rate, beta1=args.train_beta1,
         beta2=args.train_beta2, n_critic=args.n_critic, gp_weight=args.gp_weight,
-        encoder_min_steps=args.encoder_min_steps, save_every=args.save_every, sample_every=args.sample_every, sample_dir=args.sample_dir,
+        encoder_min_steps=args.encoder_min_steps, save_every=args.save_every,
+        sample_every=args.sample_every, sample_dir=args.sample_dir,
         log_dir=str(Path(args.log_dir) / model_dir(args)), encoder_epochs=args.encoder_epoch,
         encoder_learning_rate=args.encoder_learning_rate, encoder_kappa=args.encoder_kappa)
 

@@ -725,9 +725,9 @@ class AnomalyReport:
     ``result_dir`` whole at the end: a run's results appear together or not at all. Per image
     it writes the original's AD_/AD_error_ PNGs at once (distinct names even where two inputs'
     flattened names are alike); scores go to a partial CSV as they come, and ``finish`` writes
-    scores.csv (with ``is_anomaly``), metrics.json and the plots, then publishes the folder. When the source has ground-truth masks,
-    ``mask_spec`` (the images' ``ImageSpec``) reads them batch by batch for the pixel-level ROC
-    AUC. Memory stays flat: only scalars, final z, pixel histograms and the few worst images
+    scores.csv (with ``is_anomaly``), metrics.json and the plots, then publishes the folder.
+    When the source has ground-truth masks, ``mask_spec`` (the images' ``ImageSpec``) reads
+    them batch by batch for the pixel-level ROC AUC. Memory stays flat: only scalars, final z, pixel histograms and the few worst images
     for the overview are kept.
     """
 
@@ -764,7 +764,8 @@ class AnomalyReport:
         start = len(self)
         names = self.source.names[start:start + len(images)]
         labels = self._labels()[start:start + len(images)]
-        self.images_written.submit(self._save_images, self.output_names[start:start + len(images)],
+        self.images_written.submit(self._save_images,
+                                   self.output_names[start:start + len(images)],
                                    result.snapshots,
                                    {step: residual_map(images, fakes, self.value_range)
                                     for step, fakes in result.snapshots.items()})

@@ -17,7 +17,8 @@ the same ``--test_size`` stratified MNIST test images with each mode:
 
 Every run is kept: one JSON object per (digit, seed) with each mode's ROC AUC, PR AUC and
 images/s, the health check's values and verdict, the seed training kept (after a retry) and
-the seconds of a training epoch (from its logged steps); then a summary: per digit and mode the mean and standard
+the seconds of a training epoch (from its logged steps); then a summary: per digit and mode
+the mean and standard
 deviation over seeds, the mean over all runs, the published AnoGAN rows beside them, the
 health verdicts, and the runs below 0.80 the check passed. Runs are stored under
 ``--work_dir`` (checkpoints, results, ``runs/*.json``) and reused, so the table can grow across

@@ -16,7 +16,8 @@ import main
 from download import idx_md5
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--gf_dim", "8", "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0", "--z_dim", "8", "--batch_size", "8"]
+TINY = ["--gf_dim", "8", "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0",
+        "--z_dim", "8", "--batch_size", "8"]
 
 
 def error_line(capsys):

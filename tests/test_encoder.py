@@ -37,7 +37,8 @@ def trained(tmp_path_factory):
     write_images(root / "data" / "rings", 40, 28, kind=0)
     flags = ["--dataset", "rings", "--input_fname_pattern", "*.png", "--batch_size", "8",
              "--input_height", "28", "--output_height", "28", "--z_dim", "16",
-             "--gf_dim", "8", "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0", "--data_dir", str(root / "data"),
+             "--gf_dim", "8", "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0",
+             "--data_dir", str(root / "data"),
              "--checkpoint_dir", str(root / "checkpoint"), "--sample_dir", str(root / "samples"),
              "--log_dir", str(root / "logs"), "--epoch", "3", "--learning_rate", "0.002",
              "--encoder_learning_rate", "0.002"]
@@ -306,7 +307,8 @@ def test_conditional_features_are_the_fully_connected_layer(tmp_path):
 def test_conditional_mnist_encoder_scores_with_and_without_labels(tmp_path):
     write_mnist(tmp_path / "data" / "mnist", train_per_digit=8, test_per_digit=2)
     flags = ["--dataset", "mnist", "--batch_size", "8", "--z_dim", "8", "--gf_dim", "8",
-             "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0", "--data_dir", str(tmp_path / "data"),
+             "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0",
+             "--data_dir", str(tmp_path / "data"),
              "--checkpoint_dir", str(tmp_path / "ckpt"), "--log_dir", str(tmp_path / "logs"),
              "--sample_dir", str(tmp_path / "samples"), "--test_dir", str(tmp_path / "test"),
              "--epoch", "1", "--encoder_epoch", "1", "--test_batch_size", "8"]

@@ -14,7 +14,8 @@ import utils
 from benchmarks import synthetic
 
 FLAGS = ["--dataset", "mvtec/tex", "--output_height", "32", "--batch_size", "8",
-         "--z_dim", "16", "--gf_dim", "8", "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0", "--learning_rate", "0.002"]
+         "--z_dim", "16", "--gf_dim", "8", "--df_dim", "8", "--retries", "0",
+         "--encoder_min_steps", "0", "--learning_rate", "0.002"]
 
 
 @pytest.fixture(scope="module")

@@ -727,8 +727,8 @@ class AnomalyReport:
     flattened names are alike); scores go to a partial CSV as they come, and ``finish`` writes
     scores.csv (with ``is_anomaly``), metrics.json and the plots, then publishes the folder.
     When the source has ground-truth masks, ``mask_spec`` (the images' ``ImageSpec``) reads
-    them batch by batch for the pixel-level ROC AUC. Memory stays flat: only scalars, final z, pixel histograms and the few worst images
-    for the overview are kept.
+    them batch by batch for the pixel-level ROC AUC. Memory stays flat: only scalars, final z,
+    pixel histograms and the few worst images for the overview are kept.
     """
 
     def __init__(self, result_dir, source, value_range, overview_rows=8, mask_spec=None):

@@ -7,8 +7,10 @@
 
 import argparse
 import dataclasses
+import errno
 import json
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -204,10 +206,13 @@ def is_folder_name(name):
 
 
 def check_writable(folder, flag):
-    """UsageError unless files can be written into ``folder`` (made when missing)."""
+    """UsageError unless files can be written into ``folder``, or into the nearest folder
+    above it that exists (nothing is created)."""
+    existing = next(p for p in (Path(folder), *Path(folder).parents) if p.exists())
     try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise UsageError(f"{flag} {folder} is not writable ({error.strerror or error}): fix "

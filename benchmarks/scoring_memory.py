@@ -77,7 +77,7 @@ def flags(root, dataset):
     root = Path(root)
     data = (["--dataset", "mnist", "--normal_class", "0"] if dataset == "mnist"
             else ["--dataset", "mvtec/tex", "--output_height", "64"])
-    return [*data, "--batch_size", "64", "--data_dir", str(root / "data"),
+    return [*data, "--batch_size", "64", "--retries", "0", "--data_dir", str(root / "data"),
             "--checkpoint_dir", str(root / "checkpoint"), "--sample_dir", str(root / "samples"),
             "--log_dir", str(root / "logs")]
 

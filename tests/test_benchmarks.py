@@ -55,7 +55,8 @@ def test_mvtec_synthetic_prints_image_and_pixel_aucs(tmp_path):
     figures = run_benchmark("mvtec_synthetic.py", "--size", "16", "--train", "16",
                             "--test_good", "4", "--test_defects", "2", "--batch_size", "8",
                             "--epochs", "1", "--encoder_epoch", "1", "--modes", "b",
-                            "--image_scores", "sum,top1", "--work_dir", str(tmp_path))
+                            "--image_scores", "sum,top1", "--work_dir", str(tmp_path),
+                            "--extra=--encoder_min_steps 2 --retries 0")
     assert figures["test_images"] == 8
     for name in ("b_sum", "b_top1"):
         assert 0 <= figures[name]["roc_auc"] <= 1 and 0 <= figures[name]["pixel_roc_auc"] <= 1

@@ -55,9 +55,9 @@ def test_measures_tell_collapse_and_noise_from_real_images():
     assert health.fidelity(references[:20], queries, references) == pytest.approx(0.0, abs=1e-6)
     result = health.verdict({"diversity": 0.1, "fidelity": 2.0})
     assert not result["passed"] and len(result["failures"]) == 2
-    assert result["failures"][0].startswith("diversity 0.1 < 0.55")
+    assert result["failures"][0].startswith("diversity 0.1 < 0.7")
     line = health.warning_line(result)
-    assert line.startswith("warning: training health check failed: diversity 0.1 < 0.55")
+    assert line.startswith("warning: training health check failed: diversity 0.1 < 0.7")
     assert "--seed" in line and "--gan wgan_gp" in line and "\n" not in line
     assert "--gan wgan_gp" not in health.warning_line(result, gan="wgan_gp")
     assert health.verdict({"diversity": 0.9, "fidelity": 1.1})["passed"]

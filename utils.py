@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -736,8 +737,8 @@ class AnomalyReport:
         self.final_dir.parent.mkdir(parents=True, exist_ok=True)
         for stale in self.final_dir.parent.glob(f".{self.final_dir.name}.partial-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        self.result_dir = self.final_dir.with_name(f".{self.final_dir.name}.partial-{os.getpid()}")
-        self.result_dir.mkdir()
+        self.result_dir = Path(tempfile.mkdtemp(prefix=f".{self.final_dir.name}.partial-",
+                                                dir=self.final_dir.parent))
         self.output_names = unique_result_names(source.names)
         self.images_written = BackgroundWriter()
         self.source, self.value_range, self.overview_rows = source, value_range, overview_rows

@@ -297,8 +297,8 @@ def test_conditional_features_are_the_fully_connected_layer(tmp_path):
     logits, features = dcgan.discriminator(images, labels, training=False)
     assert logits.shape == (2, 1) and features.shape == (2, 32)
     d = dcgan.discriminator
-    h = ops.lrelu(d.bn1(d.conv1(model.conv_cond_concat(
-        ops.lrelu(d.conv0(model.conv_cond_concat(images, labels))), labels)), training=False))
+    h = ops.lrelu(d.bn1(d.conv1(ops.conv_cond_concat(
+        ops.lrelu(d.conv0(ops.conv_cond_concat(images, labels))), labels)), training=False))
     expected = ops.lrelu(d.bn2(d.fc2(tf.concat([ops.flat(h), labels], 1)), training=False))
     np.testing.assert_allclose(features.numpy(), expected.numpy(), rtol=1e-5, atol=1e-7)
     assert dcgan.encode(images, labels).shape == (2, 8)

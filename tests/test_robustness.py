@@ -183,6 +183,7 @@ def test_interrupted_report_leaves_old_scores_intact_and_reruns(tmp_path):
     (tmp_path / "scores.csv").write_text("old complete results\n")
     report = utils.AnomalyReport(tmp_path, source, (-1.0, 1.0))
     report.add(*fake_result([1.0, 5.0]))
+    report.images_written.close()  # a killed process writes nothing more
     # Interrupted here: the old scores.csv is untouched, the partial rows stay hidden.
     assert (tmp_path / "scores.csv").read_text() == "old complete results\n"
     assert report.result_dir.name.startswith(f".{tmp_path.name}.partial-")

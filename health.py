@@ -29,8 +29,8 @@ ENCODER_ADVICE = "train the encoder longer (--encoder_min_steps)"
 @dataclasses.dataclass(frozen=True)
 class HealthLimits:
     """Where each measure turns from healthy to failed, set between what healthy and failed
-    runs measured (benchmarks/README.md): healthy one-class MNIST GANs gave diversity 0.87-1.01,
-    fidelity 0.97-1.11, encoder_vs_mean 0.27-0.49 and encoder_vs_search 0.99-1.18; collapsed
+    runs measured (benchmarks/README.md): healthy one-class MNIST GANs gave diversity 0.82-1.01,
+    fidelity 0.96-1.11, encoder_vs_mean 0.27-0.55 and encoder_vs_search 0.99-1.18; collapsed
     ones (unconditional, digits 2 and 3) diversity 0.53-0.62 and encoder_vs_mean 0.95; an
     encoder trained 9 steps encoder_vs_mean 1.09 and encoder_vs_search 2.48; untrained tiny Gs
     fidelity 6.8-8.2."""

@@ -70,11 +70,9 @@ class Detector(tf.Module):
 
     def _outputs(self, x, labels, z, real_features):
         """Score, anomaly map, G(z) and z of the images ``x`` at ``z``."""
-        dcgan, cfg = self.dcgan, self.dcgan.config
-        fakes = dcgan.generator(z, labels, training=False)
-        logits, features = dcgan.discriminator(fakes, labels, training=False)
-        score, _, _ = self.search_config.scores(x, fakes, real_features, features, logits)
-        maps = model.anomaly_map(x, fakes, cfg.value_range)
+        score, _, _, fakes = self.dcgan.fake_scores(x, labels, z, real_features,
+                                                    self.search_config)
+        maps = model.anomaly_map(x, fakes, self.dcgan.config.value_range)
         if self.image_score != "sum":
             score = model.map_score(maps, self.image_score)
         return score, maps, fakes, z
@@ -88,10 +86,8 @@ class Detector(tf.Module):
         for t in tf.range(steps) if steps is not None else ():
             with tf.GradientTape() as tape:
                 tape.watch(z)
-                fakes = dcgan.generator(z, labels, training=False)
-                logits, features = dcgan.discriminator(fakes, labels, training=False)
-                total = tf.reduce_sum(self.search_config.scores(
-                    x, fakes, real_features, features, logits)[0])
+                total = tf.reduce_sum(dcgan.fake_scores(x, labels, z, real_features,
+                                                        self.search_config)[0])
             z, m, v = model.adam_update(z, tape.gradient(total, z), m, v, t,
                                         self.search_config)
         return self._outputs(x, labels, z, real_features)

@@ -1010,7 +1010,7 @@ class DCGAN:
 
     # Anomaly detection -----------------------------------------------------------------------
 
-    def _fake_scores(self, images, labels, z, real_features, config):
+    def fake_scores(self, images, labels, z, real_features, config):
         """Per-image (score, residual, discrimination) of G(z) against ``images``, and G(z)."""
         fakes = self.generator(z, labels, training=False)
         logits, features = self.discriminator(fakes, labels, training=False)
@@ -1030,7 +1030,7 @@ class DCGAN:
         for t in tf.range(last):
             with tf.GradientTape() as tape:
                 tape.watch(z)
-                score, _, _, fakes = self._fake_scores(images, labels, z, real_features, config)
+                score, _, _, fakes = self.fake_scores(images, labels, z, real_features, config)
                 total = tf.reduce_sum(score)
             if t == 0:
                 first = fakes
@@ -1058,7 +1058,7 @@ class DCGAN:
                 _, real_features = self.discriminator(images, labels, training=False)
                 if last:
                     z, first, mid = self._adam_steps(images, labels, z, real_features, config)
-                score, residual, discrimination, fakes = self._fake_scores(
+                score, residual, discrimination, fakes = self.fake_scores(
                     images, labels, z, real_features, config)
                 if not last:
                     first = fakes

@@ -1,12 +1,13 @@
-"""Fetch, verify and extract the datasets main.py reads into <data_dir>/<name>/.
+"""The datasets main.py reads, put into <data_dir>/<name>/: MNIST, celebA, LSUN and MVTec AD
+(their URLs, mirrors, checksums and layouts), copies from a local folder or archive (``--from``),
+and the command line.
 
     python download.py mnist celebA lsun mvtec [--category NAME[,NAME]] [--mirror URL]
         [--from PATH]
 
-Every file streams to `<file>.part` (resumed with an HTTP Range request when one exists), is
-verified, and only then renamed into place; archives are unpacked in a hidden sibling folder and
-moved in when complete. An interrupted or failed run therefore never leaves anything that main.py
-would read as data.
+Files are fetched by fetching.py (verified before they are renamed into place) and archives
+unpacked by archives.py (moved in when complete), so an interrupted or failed run never leaves
+anything that main.py would read as data.
 """
 
 from __future__ import annotations
@@ -14,29 +15,33 @@ from __future__ import annotations
 import argparse
 import errno
 import gzip
-import hashlib
-import lzma
-import math
 import os
-import re
 import shutil
-import stat
 import sys
-import tarfile
 import tempfile
-import threading
-import time
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from html.parser import HTMLParser
-from pathlib import Path, PurePosixPath, PureWindowsPath
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
-import requests
-from tqdm import tqdm
+from archives import archive_verifier, extract_into, safe_extract, tar_layout_verifier
+from fetching import (
+    CHUNK_BYTES,
+    PART_SUFFIX,
+    PLAIN_ENCODING,
+    DownloadError,
+    FetchOptions,
+    SourceError,
+    disk_full_is_fatal,
+    fetch_first,
+    md5_of_stream,
+    part_path,
+    raise_for_http_status,
+    require_md5,
+    verify_part,
+    with_retries,
+)
 
 DATASETS = ("mnist", "celebA", "lsun", "mvtec")
 
@@ -59,7 +64,6 @@ CELEBA_URLS = (
     f"https://drive.google.com/uc?export=download&id={CELEBA_DRIVE_ID}",
     f"https://drive.usercontent.google.com/download?export=download&id={CELEBA_DRIVE_ID}",
 )
-DRIVE_HOSTS = frozenset({"drive.google.com", "drive.usercontent.google.com", "docs.google.com"})
 
 LSUN_CATEGORIES_URL = "http://dl.yf.io/lsun/categories.txt"
 LSUN_SCENES_URL = "http://dl.yf.io/lsun/scenes/"
@@ -87,40 +91,7 @@ MVTEC_URLS = {category: f"{share}{part}/{category}.tar.xz" for category, share, 
 """The MVTec AD category archives as MVTec's download page links them (no checksums published)."""
 MVTEC_LAYOUT = ("train/good", "test", "ground_truth")
 
-PART_SUFFIX = ".part"
 DONE_MARKER = ".downloaded"
-CHUNK_BYTES = 1 << 20
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-PLAIN_ENCODING = {"Accept-Encoding": "identity"}
-TAR_EXTRACT_OPTIONS = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-
-
-class DownloadError(Exception):
-    """A failure reported to the user as one line on stderr (exit code 1)."""
-
-
-class SourceError(DownloadError):
-    """One source (a mirror or a local path) failed; another source may still work."""
-
-
-class TransientError(SourceError):
-    """A failure worth retrying on the same source (server busy, connection cut)."""
-
-
-@dataclass(frozen=True)
-class FetchOptions:
-    """How requests are made: tries per source, back-off base and (connect, read) timeouts in
-    seconds, the read size (what an interrupted transfer can lose of its last read), the
-    seconds one file may take from one source over all its tries (``deadline``; then the next
-    source is tried) and between two 'still waiting' lines (``heartbeat``)."""
-
-    retries: int = 3
-    backoff: float = 1.0
-    timeout: tuple[float, float] = (10.0, 60.0)
-    chunk_bytes: int = 1 << 16
-    deadline: float = 3600.0
-    heartbeat: float = 15.0
-    session: requests.Session = field(default_factory=requests.Session)
 
 
 @dataclass(frozen=True)
@@ -145,11 +116,6 @@ class Archive:
 # ---------------------------------------------------------------- small helpers
 
 
-def part_path(dest: Path) -> Path:
-    """The temporary file a download of dest streams into."""
-    return dest.with_name(dest.name + PART_SUFFIX)
-
-
 def join_url(base: str, name: str) -> str:
     """base (a folder URL, with or without the trailing slash) followed by name."""
     return base.rstrip("/") + "/" + name
@@ -162,436 +128,9 @@ def archive_url(mirror: str, name: str) -> str:
     return mirror if looks_like_file else join_url(mirror, name)
 
 
-def with_query(url: str, **params: str) -> str:
-    """url with params added to (or replacing those in) its query string."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query)) | params
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def md5_of_stream(stream) -> str:
-    """Hex MD5 of everything readable from a binary stream."""
-    digest = hashlib.md5()
-    for block in iter(lambda: stream.read(CHUNK_BYTES), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
 def is_gzip_name(path: Path) -> bool:
     """Whether path (or the file its .part becomes) is named as gzip-compressed."""
     return path.name.removesuffix(PART_SUFFIX).endswith(".gz")
-
-
-def describe_failure(exc: Exception) -> str:
-    """A short, single-line reason for a network failure."""
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
-        return "connection broken during the transfer"
-    if isinstance(exc, requests.ConnectionError):
-        match = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
-        return f"connection failed: {match.group(1).strip()}" if match else "connection failed"
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-@contextmanager
-def disk_full_is_fatal(path: Path) -> Iterator[None]:
-    """Turn 'no space left on device' while writing path into a DownloadError."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise DownloadError(f"disk full (no space left on device) while writing {path}") from None
-        raise
-
-
-# ---------------------------------------------------------------- HTTP download
-
-
-def with_retries(action: Callable[[], object], options: FetchOptions,
-                 deadline_at: float = math.inf):
-    """Call action(), retrying network failures with exponential back-off; SourceError at last,
-    or once the monotonic clock passes deadline_at."""
-    attempt = 1
-    while True:
-        try:
-            return action()
-        except (requests.RequestException, TransientError) as exc:
-            if time.monotonic() >= deadline_at:
-                raise SourceError(f"not finished within the {options.deadline:g} s deadline "
-                                  f"({describe_failure(exc)})") from None
-            if attempt >= options.retries:
-                raise SourceError(describe_failure(exc)) from None
-        time.sleep(min(options.backoff * 2 ** (attempt - 1),
-                       max(0.0, deadline_at - time.monotonic())))
-        attempt += 1
-
-
-class Heartbeat:
-    """Prints a 'still waiting' line every ``interval`` seconds while a transfer is slow or
-    silent (progress bars are off when stdout is not a terminal), until ``stop``."""
-
-    def __init__(self, label: str, interval: float):
-        self.label, self.interval = label, interval
-        self.received = 0
-        self.started = time.monotonic()
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stopped.wait(self.interval):
-            print(f"  still waiting for {self.label}: {self.received} bytes in "
-                  f"{time.monotonic() - self.started:.0f} s", flush=True)
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join()
-
-
-def raise_for_http_status(resp: requests.Response) -> None:
-    """TransientError for statuses worth retrying, SourceError for other HTTP errors."""
-    if resp.status_code in RETRY_STATUSES:
-        raise TransientError(f"HTTP {resp.status_code}")
-    if resp.status_code >= 400:
-        raise SourceError(f"HTTP {resp.status_code}")
-
-
-def content_range(resp: requests.Response) -> tuple[int | None, int | None]:
-    """(first byte, total size) from a Content-Range header; None where absent or '*'."""
-    match = re.match(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)", resp.headers.get("Content-Range", ""))
-    if not match:
-        return None, None
-    first, total = match.groups()
-    return (int(first) if first else None), (int(total) if total != "*" else None)
-
-
-def resume_offset(resp: requests.Response, offset: int, part: Path) -> int:
-    """Where the body of resp starts in the file: offset for a matching 206, else 0."""
-    if resp.status_code != 206:
-        return 0
-    first, _ = content_range(resp)
-    if first != offset:
-        part.unlink(missing_ok=True)
-        raise TransientError(f"server resumed at byte {first}, not {offset}; restarting")
-    return offset
-
-
-def write_body(resp: requests.Response, part: Path, start: int, label: str,
-               chunk_bytes: int, heartbeat: Heartbeat) -> None:
-    """Stream the body of resp into part from byte start, with a progress bar."""
-    expected = int(resp.headers["Content-Length"]) if "Content-Length" in resp.headers else None
-    total = start + expected if expected is not None else None
-    written = 0
-    with (
-        disk_full_is_fatal(part),
-        open(part, "ab" if start else "wb") as out,
-        tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-             desc=label, disable=None) as bar,
-    ):
-        for chunk in resp.iter_content(chunk_bytes):
-            out.write(chunk)
-            bar.update(len(chunk))
-            written += len(chunk)
-            heartbeat.received = start + written
-    if expected is not None and written < expected:
-        raise TransientError(f"connection closed after {start + written} of {total} bytes")
-
-
-def download_once(url: str, part: Path, options: FetchOptions,
-                  deadline_at: float = math.inf) -> None:
-    """One request for url, appending to part when the server honours the Range request; its
-    reads are cut off when the monotonic clock passes deadline_at."""
-    if urlsplit(url).hostname in DRIVE_HOSTS:
-        url = confirm_drive_download(url, options)
-    offset = part.stat().st_size if part.exists() else 0
-    headers = PLAIN_ENCODING | ({"Range": f"bytes={offset}-"} if offset else {})
-    heartbeat = Heartbeat(urlsplit(url).netloc, options.heartbeat)
-    heartbeat.received = offset
-    try:
-        with options.session.get(url, headers=headers, stream=True,
-                                 timeout=options.timeout) as resp:
-            if resp.status_code == 416:
-                if content_range(resp)[1] == offset:
-                    return
-                part.unlink(missing_ok=True)
-                raise TransientError("stored part does not fit the file; restarting")
-            raise_for_http_status(resp)
-            label = part.name.removesuffix(PART_SUFFIX)
-            cutoff = threading.Timer(max(0.0, deadline_at - time.monotonic()), resp.raw.shutdown)
-            cutoff.daemon = True
-            cutoff.start()
-            try:
-                write_body(resp, part, resume_offset(resp, offset, part), label,
-                           options.chunk_bytes, heartbeat)
-            finally:
-                cutoff.cancel()
-    finally:
-        heartbeat.stop()
-
-
-def verify_part(part: Path, verify: Callable[[Path], None] | None) -> None:
-    """Run verify on part; a part that fails it is removed."""
-    if verify is None:
-        return
-    try:
-        verify(part)
-    except SourceError:
-        part.unlink(missing_ok=True)
-        raise
-
-
-def fetch(url: str, dest: Path, verify: Callable[[Path], None] | None = None,
-          options: FetchOptions | None = None) -> Path:
-    """Download url to dest: stream to dest.part (resuming it), verify, rename into place."""
-    options = options or FetchOptions()
-    dest = Path(dest)
-    part = part_path(dest)
-    resumed = part.exists() and part.stat().st_size > 0
-    deadline_at = time.monotonic() + options.deadline
-
-    def download() -> None:
-        if time.monotonic() >= deadline_at:
-            raise SourceError(f"not finished within the {options.deadline:g} s deadline")
-        download_once(url, part, options, deadline_at)
-
-    with_retries(download, options, deadline_at)
-    try:
-        verify_part(part, verify)
-    except SourceError:
-        if not resumed:
-            raise
-        with_retries(download, options, deadline_at)
-        verify_part(part, verify)
-    os.replace(part, dest)
-    return dest
-
-
-def fetch_first(urls: Sequence[str], dest: Path, verify: Callable[[Path], None] | None = None,
-                options: FetchOptions | None = None) -> Path:
-    """Try urls in order; return dest once one of them delivers a verified file."""
-    failures = []
-    for url in urls:
-        print(f"downloading {url}")
-        try:
-            return fetch(url, dest, verify, options)
-        except SourceError as exc:
-            print(f"  failed: {exc}")
-            failures.append(f"{url} ({exc})")
-    raise DownloadError(f"could not download {Path(dest).name}; tried: " + "; ".join(failures))
-
-
-# ---------------------------------------------------------------- Google Drive
-
-
-class DriveFormParser(HTMLParser):
-    """Collects the action and fields of Drive's 'download anyway' form."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.action: str | None = None
-        self.fields: dict[str, str] = {}
-        self.in_form = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = dict(attrs)
-        if tag == "form" and values.get("id") == "download-form":
-            self.action = values.get("action") or ""
-            self.in_form = True
-        elif tag == "input" and self.in_form and values.get("name"):
-            self.fields[values["name"]] = values.get("value") or ""
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "form":
-            self.in_form = False
-
-
-def drive_form_url(page: str, page_url: str) -> str | None:
-    """The URL the 'download anyway' form of a Drive warning page submits to, if any."""
-    parser = DriveFormParser()
-    parser.feed(page)
-    if parser.action is None:
-        return None
-    return with_query(urljoin(page_url, parser.action), **parser.fields)
-
-
-def confirm_drive_download(url: str, options: FetchOptions) -> str:
-    """The URL that streams a Google Drive file, past the large-file virus-scan warning."""
-    with options.session.get(url, headers=PLAIN_ENCODING, stream=True,
-                             timeout=options.timeout) as resp:
-        raise_for_http_status(resp)
-        if "text/html" not in resp.headers.get("Content-Type", ""):
-            return url
-        tokens = [v for k, v in resp.cookies.items() if k.startswith("download_warning")]
-        page = resp.text
-    if tokens:
-        return with_query(url, confirm=tokens[0])
-    form_url = drive_form_url(page, url)
-    if form_url:
-        return form_url
-    match = re.search(r"confirm=([0-9A-Za-z_-]+)", page)
-    if match:
-        return with_query(url, confirm=match.group(1))
-    if "quota" in page.lower():
-        raise SourceError("Google Drive download quota exceeded; try later or use --mirror/--from")
-    raise SourceError("Google Drive returned a page without a download link")
-
-
-# ---------------------------------------------------------------- verification
-
-
-def idx_md5(path: Path) -> str:
-    """MD5 of an idx file's decompressed content (gzip-compressed when named .gz)."""
-    try:
-        with (gzip.open(path, "rb") if is_gzip_name(path) else open(path, "rb")) as stream:
-            return md5_of_stream(stream)
-    except (OSError, EOFError) as exc:
-        raise SourceError(f"{path.name} is not a readable gzip file ({exc})") from None
-
-
-def idx_verifier(md5: str) -> Callable[[Path], None]:
-    """A check that an idx file (plain or .gz) decompresses to content with this MD5."""
-    def verify(path: Path) -> None:
-        actual = idx_md5(path)
-        if actual != md5:
-            raise SourceError(f"MD5 mismatch for {path.name}: expected {md5}, got {actual}")
-    return verify
-
-
-def archive_verifier(md5: str | None = None) -> Callable[[Path], None]:
-    """A check that a file is a readable zip or tar archive (with this MD5, when given)."""
-    def verify(path: Path) -> None:
-        if md5 is not None:
-            with open(path, "rb") as stream:
-                actual = md5_of_stream(stream)
-            if actual != md5:
-                raise SourceError(f"MD5 mismatch for {path.name}: expected {md5}, got {actual}")
-        if not (zipfile.is_zipfile(path) or tarfile.is_tarfile(path)):
-            raise SourceError(f"{path.name} is not a zip or tar archive")
-    return verify
-
-
-def tar_layout_verifier(top: str, folders: Sequence[str]) -> Callable[[Path], None]:
-    """A check that a tar archive reads to its end (a .tar.xz's own integrity checks included)
-    and holds each of ``top/<folder>/``."""
-    def verify(path: Path) -> None:
-        try:
-            with tarfile.open(path) as tar:
-                names = tar.getnames()
-        except (tarfile.TarError, lzma.LZMAError, EOFError, zlib.error, OSError) as exc:
-            raise SourceError(f"{path.name} is not a complete tar archive ({exc})") from None
-        for folder in folders:
-            prefix = f"{top}/{folder}/"
-            if not any(name.startswith(prefix) for name in names):
-                raise SourceError(f"{path.name} holds no {prefix}: not the expected archive")
-    return verify
-
-
-# ---------------------------------------------------------------- safe extraction
-
-
-def unsafe_entry_reason(name: str) -> str | None:
-    """Why an archive entry name could land outside the target folder, or None if it cannot."""
-    if not name:
-        return "an empty name"
-    posix = PurePosixPath(name.replace("\\", "/"))
-    if posix.is_absolute() or PureWindowsPath(name).drive:
-        return "an absolute path"
-    if ".." in posix.parts:
-        return "a path with '..'"
-    return None
-
-
-def zip_entry_problem(info: zipfile.ZipInfo) -> str | None:
-    """What makes a zip entry unsafe to extract, or None."""
-    if stat.S_ISLNK(info.external_attr >> 16):
-        return "a symlink"
-    return unsafe_entry_reason(info.filename)
-
-
-def tar_entry_problem(member: tarfile.TarInfo) -> str | None:
-    """What makes a tar entry unsafe to extract, or None."""
-    if member.issym():
-        return "a symlink"
-    if member.islnk():
-        return "a hardlink"
-    if not (member.isfile() or member.isdir()):
-        return "a device or special file"
-    return unsafe_entry_reason(member.name)
-
-
-def refuse_unsafe_entries(archive: Path, target: Path, entries: list[tuple[str, str | None]]):
-    """Raise DownloadError naming the first unsafe (name, problem) entry, if any."""
-    for name, problem in entries:
-        if problem:
-            raise DownloadError(f"refusing to extract {archive}: entry {name!r} is {problem} "
-                                f"(could land outside {target}); nothing was extracted")
-
-
-MAX_EXPANSION = 100
-"""The most an archive may expand to, as a multiple of its size (MVTec's xz tars: under 10)."""
-
-
-def refuse_oversized(archive: Path, target: Path, declared: int) -> None:
-    """DownloadError when an archive's entries declare more bytes than MAX_EXPANSION times
-    the archive, or than the free space where they would go (a zip bomb, or a full disk)."""
-    size = archive.stat().st_size
-    existing = next(p for p in (target, *target.parents) if p.exists())
-    free = shutil.disk_usage(existing).free
-    if declared > MAX_EXPANSION * max(size, 1) or declared > free:
-        raise DownloadError(f"refusing to extract {archive}: its entries declare {declared} "
-                            f"bytes, {declared / max(size, 1):.0f} times its {size} bytes "
-                            f"({free} bytes free at {existing}); nothing was extracted")
-
-
-def safe_extract(archive: Path, target: Path) -> Path:
-    """Extract a zip or tar archive into target, after checking that no entry can escape it
-    and that what the entries declare fits (``refuse_oversized``)."""
-    archive, target = Path(archive), Path(target)
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            refuse_unsafe_entries(archive, target,
-                                  [(i.filename, zip_entry_problem(i)) for i in infos])
-            refuse_oversized(archive, target, sum(i.file_size for i in infos))
-            target.mkdir(parents=True, exist_ok=True)
-            zf.extractall(target)
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            members = tf.getmembers()
-            refuse_unsafe_entries(archive, target,
-                                  [(m.name, tar_entry_problem(m)) for m in members])
-            refuse_oversized(archive, target, sum(m.size for m in members))
-            target.mkdir(parents=True, exist_ok=True)
-            tf.extractall(target, members=members, **TAR_EXTRACT_OPTIONS)
-    else:
-        raise DownloadError(f"{archive} is not a zip or tar archive")
-    return target
-
-
-def replace_path(source: Path, dest: Path) -> None:
-    """Move source onto dest, removing whatever dest was."""
-    if dest.is_dir() and not dest.is_symlink():
-        shutil.rmtree(dest)
-    elif dest.exists() or dest.is_symlink():
-        dest.unlink()
-    os.replace(source, dest)
-
-
-def extract_into(archive: Path, target: Path) -> None:
-    """Extract archive in a hidden sibling of target, then move its top-level entries in."""
-    staging = target.parent / f".{target.name}.extracting"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        with disk_full_is_fatal(staging):
-            safe_extract(archive, staging)
-        for entry in staging.iterdir():
-            replace_path(entry, target / entry.name)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
-        raise DownloadError(f"{archive} is damaged ({exc}); delete it and run again") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- local sources (--from)
@@ -641,6 +180,22 @@ def local_folder(source: Path, scratch_parent: Path) -> Iterator[Path]:
 
 
 # ---------------------------------------------------------------- MNIST
+
+
+def idx_md5(path: Path) -> str:
+    """MD5 of an idx file's decompressed content (gzip-compressed when named .gz)."""
+    try:
+        with (gzip.open(path, "rb") if is_gzip_name(path) else open(path, "rb")) as stream:
+            return md5_of_stream(stream)
+    except (OSError, EOFError) as exc:
+        raise SourceError(f"{path.name} is not a readable gzip file ({exc})") from None
+
+
+def idx_verifier(md5: str) -> Callable[[Path], None]:
+    """A check that an idx file (plain or .gz) decompresses to content with this MD5."""
+    def verify(path: Path) -> None:
+        require_md5(path, md5, idx_md5(path))
+    return verify
 
 
 def present_idx_file(target: Path, name: str, md5: str) -> Path | None:
@@ -706,7 +261,8 @@ def obtain_archive(archive: Archive, target: Path, from_path: Path | None,
                    single: bool, options: FetchOptions | None) -> Path:
     """A verified local copy of archive: from --from, a previous download, or the network."""
     if from_path is not None:
-        names = (archive.name, from_path.name) if single and from_path.is_file() else (archive.name,)
+        file_given = single and from_path.is_file()
+        names = (archive.name, from_path.name) if file_given else (archive.name,)
         source = find_local(from_path, names)
         if source is None:
             raise DownloadError(f"--from {from_path} holds no {archive.name}")

@@ -1,4 +1,5 @@
-"""download.py against a loopback HTTP server: mirrors, resume, verification, safe extraction."""
+"""download.py, fetching.py and archives.py against a loopback HTTP server: mirrors, resume,
+verification, safe extraction."""
 
 import gzip
 import hashlib
@@ -16,14 +17,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import archives
 import download
+import fetching
 
 FAST = {"retries": 2, "backoff": 0.0, "timeout": (2.0, 5.0), "chunk_bytes": 16}
 
 
 @pytest.fixture
 def options():
-    return download.FetchOptions(**FAST)
+    return fetching.FetchOptions(**FAST)
 
 
 def tiny_idx_files(count=10):
@@ -91,12 +94,12 @@ def test_cut_transfer_leaves_only_part_then_resumes(tmp_path, server, mnist, opt
     verify = download.idx_verifier(md5s["train-labels-idx1-ubyte"])
     url = base + dest.name
     server.truncate_at = 20
-    with pytest.raises(download.SourceError, match="connection"):
-        download.fetch(url, dest, verify, download.FetchOptions(**FAST))
+    with pytest.raises(fetching.SourceError, match="connection"):
+        fetching.fetch(url, dest, verify, fetching.FetchOptions(**FAST))
     assert not dest.exists()
-    assert download.part_path(dest).stat().st_size > 0
+    assert fetching.part_path(dest).stat().st_size > 0
     server.truncate_at = None
-    download.fetch(url, dest, verify, options)
+    fetching.fetch(url, dest, verify, options)
     assert server.ranges_for("/mnist/" + dest.name)
     assert gzip.decompress(dest.read_bytes()) == raw["train-labels-idx1-ubyte"]
 
@@ -104,8 +107,8 @@ def test_cut_transfer_leaves_only_part_then_resumes(tmp_path, server, mnist, opt
 def test_complete_partial_file_is_verified_without_refetch(tmp_path, server, mnist, options):
     raw, md5s, base = mnist
     dest = tmp_path / "t10k-labels-idx1-ubyte.gz"
-    download.part_path(dest).write_bytes(server.files["/mnist/" + dest.name][0])
-    download.fetch(base + dest.name, dest, download.idx_verifier(md5s[dest.stem]), options)
+    fetching.part_path(dest).write_bytes(server.files["/mnist/" + dest.name][0])
+    fetching.fetch(base + dest.name, dest, download.idx_verifier(md5s[dest.stem]), options)
     assert len(server.requests) == 1
     assert gzip.decompress(dest.read_bytes()) == raw["t10k-labels-idx1-ubyte"]
 
@@ -113,8 +116,8 @@ def test_complete_partial_file_is_verified_without_refetch(tmp_path, server, mni
 def test_stale_partial_from_other_source_is_discarded(tmp_path, server, mnist, options):
     raw, md5s, base = mnist
     dest = tmp_path / "train-images-idx3-ubyte.gz"
-    download.part_path(dest).write_bytes(b"x" * 50)
-    download.fetch(base + dest.name, dest, download.idx_verifier(md5s[dest.stem]), options)
+    fetching.part_path(dest).write_bytes(b"x" * 50)
+    fetching.fetch(base + dest.name, dest, download.idx_verifier(md5s[dest.stem]), options)
     assert [rng for _, rng in server.requests] == ["bytes=50-", None]
     assert gzip.decompress(dest.read_bytes()) == raw["train-images-idx3-ubyte"]
 
@@ -131,7 +134,7 @@ def test_corrupt_existing_file_is_replaced(tmp_path, mnist, options):
 def test_checksum_mismatch_rejected_and_file_removed(tmp_path, mnist, options):
     _, md5s, base = mnist
     wrong = dict(md5s, **{"t10k-images-idx3-ubyte": "0" * 32})
-    with pytest.raises(download.DownloadError, match="MD5 mismatch"):
+    with pytest.raises(fetching.DownloadError, match="MD5 mismatch"):
         download.download_mnist(tmp_path, [base], md5s=wrong, options=options)
     target = tmp_path / "mnist"
     assert not (target / "t10k-images-idx3-ubyte.gz").exists()
@@ -147,7 +150,7 @@ def test_first_mirror_down_second_used(tmp_path, closed_url, mnist, options):
 def test_server_errors_are_retried(tmp_path, server, mnist):
     raw, md5s, base = mnist
     server.failures["/mnist/train-labels-idx1-ubyte.gz"] = 2
-    options = download.FetchOptions(**(FAST | {"retries": 3}))
+    options = fetching.FetchOptions(**(FAST | {"retries": 3}))
     download.download_mnist(tmp_path, [base], md5s=md5s, options=options)
     assert_mnist_installed(tmp_path, raw)
 
@@ -155,7 +158,7 @@ def test_server_errors_are_retried(tmp_path, server, mnist):
 def test_every_mirror_down_lists_what_was_tried(tmp_path, server, closed_url, mnist, options):
     _, md5s, _ = mnist
     missing = server.url("/nowhere/")
-    with pytest.raises(download.DownloadError) as error:
+    with pytest.raises(fetching.DownloadError) as error:
         download.download_mnist(tmp_path, [closed_url, missing], md5s=md5s, options=options)
     message = str(error.value)
     assert "tried" in message and "\n" not in message
@@ -249,10 +252,10 @@ def test_from_local_archive(tmp_path):
 def test_disk_full_is_one_clear_error(tmp_path, mnist, options):
     base = mnist[2]
     dest = tmp_path / "train-images-idx3-ubyte.gz"
-    download.part_path(dest).symlink_to("/dev/full")
-    with pytest.raises(download.DownloadError, match="disk full") as error:
-        download.fetch_first([base + dest.name], dest, options=options)
-    assert not isinstance(error.value, download.SourceError)
+    fetching.part_path(dest).symlink_to("/dev/full")
+    with pytest.raises(fetching.DownloadError, match="disk full") as error:
+        fetching.fetch_first([base + dest.name], dest, options=options)
+    assert not isinstance(error.value, fetching.SourceError)
     assert not dest.exists()
 
 
@@ -278,8 +281,8 @@ def test_zip_escaping_target_is_refused(tmp_path, bad_entry):
     archive = make_zip(tmp_path / "bad.zip", [(zipfile.ZipInfo("ok.txt"), b"ok"),
                                                 (bad_entry, b"/etc/passwd")])
     target = tmp_path / "box" / "out"
-    with pytest.raises(download.DownloadError, match="refusing to extract"):
-        download.safe_extract(archive, target)
+    with pytest.raises(fetching.DownloadError, match="refusing to extract"):
+        archives.safe_extract(archive, target)
     assert not target.exists()
     assert not (tmp_path / "box" / "evil").exists()
 
@@ -303,8 +306,8 @@ def test_tar_escaping_target_is_refused(tmp_path, bad_member):
         tf.addfile(tar_member("ok.txt"), io.BytesIO(b""))
         tf.addfile(bad_member, io.BytesIO(b""))
     target = tmp_path / "box" / "out"
-    with pytest.raises(download.DownloadError, match="refusing to extract"):
-        download.safe_extract(archive, target)
+    with pytest.raises(fetching.DownloadError, match="refusing to extract"):
+        archives.safe_extract(archive, target)
     assert not target.exists()
 
 
@@ -351,7 +354,7 @@ def test_lsun_category_zips_extracted(tmp_path, server, options):
 
 def test_lsun_unknown_category_refused(tmp_path, server, options):
     server.add("/lsun/categories.txt", b"bedroom\nkitchen\n", "text/plain")
-    with pytest.raises(download.DownloadError, match="choose from: bedroom, kitchen"):
+    with pytest.raises(fetching.DownloadError, match="choose from: bedroom, kitchen"):
         download.download_lsun(tmp_path, "bedrom", [server.url("/lsun/")],
                                categories_url=server.url("/lsun/categories.txt"), options=options)
 
@@ -360,7 +363,7 @@ def test_drive_warning_cookie_gives_confirm_token(server, options):
     page = b"<html>Google Drive can't scan this file for viruses.</html>"
     server.add("/uc?id=abc", page, "text/html; charset=utf-8")
     server.cookie = "download_warning_123=TOKEN"
-    url = download.confirm_drive_download(server.url("/uc?id=abc"), options)
+    url = fetching.confirm_drive_download(server.url("/uc?id=abc"), options)
     assert url.endswith("/uc?id=abc&confirm=TOKEN")
 
 
@@ -371,19 +374,19 @@ def test_drive_warning_form_is_followed(server, options):
             b'<input type="hidden" name="confirm" value="t">'
             b'<input type="hidden" name="uuid" value="u-1"></form>')
     server.add("/uc?id=abc", page, "text/html")
-    url = download.confirm_drive_download(server.url("/uc?id=abc"), options)
+    url = fetching.confirm_drive_download(server.url("/uc?id=abc"), options)
     assert url == server.url("/download?id=abc&confirm=t&uuid=u-1")
 
 
 def test_drive_quota_page_is_a_source_error(server, options):
     server.add("/uc?id=abc", b"<html>Download quota exceeded for this file</html>", "text/html")
-    with pytest.raises(download.SourceError, match="quota"):
-        download.confirm_drive_download(server.url("/uc?id=abc"), options)
+    with pytest.raises(fetching.SourceError, match="quota"):
+        fetching.confirm_drive_download(server.url("/uc?id=abc"), options)
 
 
 def test_drive_binary_reply_is_the_file(server, options):
     server.add("/uc?id=abc", b"PK\x03\x04")
-    assert download.confirm_drive_download(server.url("/uc?id=abc"), options).endswith("id=abc")
+    assert fetching.confirm_drive_download(server.url("/uc?id=abc"), options).endswith("id=abc")
 
 
 def mvtec_tar_xz(path, category="bottle", extra=()):
@@ -434,7 +437,7 @@ def test_mvtec_corrupt_archive_is_refused_and_nothing_kept(tmp_path, server, clo
         tar.addfile(tarfile.TarInfo("other/readme.txt"), io.BytesIO(b""))
     server.add("/other/bottle.tar.xz", wrong.read_bytes())
     server.add("/cut/bottle.tar.xz", bytes(body[:-200]))
-    with pytest.raises(download.DownloadError) as error:
+    with pytest.raises(fetching.DownloadError) as error:
         download.download_mvtec(tmp_path / "data", ["bottle"],
                                 [server.url(f"/{m}/") for m in ("mvtec", "other", "cut")],
                                 options=options)
@@ -450,7 +453,7 @@ def test_mvtec_entry_escaping_the_target_is_refused(tmp_path, server, options):
     evil.size = 4
     body = mvtec_tar_xz(tmp_path / "bottle.tar.xz", extra=[(evil, b"evil")]).read_bytes()
     server.add("/mvtec/bottle.tar.xz", body)
-    with pytest.raises(download.DownloadError, match="refusing to extract .*'../evil.txt'"):
+    with pytest.raises(fetching.DownloadError, match="refusing to extract .*'../evil.txt'"):
         download.download_mvtec(tmp_path / "data", ["bottle"], [server.url("/mvtec/")],
                                 options=options)
     assert not list(tmp_path.rglob("evil.txt"))

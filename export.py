@@ -82,14 +82,8 @@ class Detector(tf.Module):
         dcgan = self.dcgan
         _, real_features = dcgan.discriminator(x, labels, training=False)
         z = dcgan.encoder(x, labels, training=False)
-        m, v = tf.zeros_like(z), tf.zeros_like(z)
-        for t in tf.range(steps) if steps is not None else ():
-            with tf.GradientTape() as tape:
-                tape.watch(z)
-                total = tf.reduce_sum(dcgan.fake_scores(x, labels, z, real_features,
-                                                        self.search_config)[0])
-            z, m, v = model.adam_update(z, tape.gradient(total, z), m, v, t,
-                                        self.search_config)
+        if steps is not None:
+            z, _, _ = dcgan.adam_steps(x, labels, z, real_features, self.search_config, steps)
         return self._outputs(x, labels, z, real_features)
 
     def _detect(self, images, steps):

@@ -15,12 +15,18 @@ training images alone, in pixels scaled to [0, 1], and RMS distances per pixel:
   random z; an unconverged encoder is beaten by a few search steps.
 
 The limits are measured (see benchmarks/README.md): a check fails when a value is past its
-limit, and the warning says what to do.
+limit, and the warning says what to do. ``check_gan`` and ``check_encoder`` run the checks on a
+``DCGAN``; ``log_health`` writes a result to TensorBoard.
 """
 
 import dataclasses
 
 import numpy as np
+import tensorflow as tf
+
+from config import SearchConfig
+from samples import sample_inputs
+from search import starting_z
 
 ADVICE = "try another --seed or more --epoch"
 ENCODER_ADVICE = "train the encoder longer (--encoder_min_steps)"
@@ -156,3 +162,38 @@ class RealImages:
         """``images`` of the model's value range in [0, 1]."""
         low, high = self.value_range
         return (np.asarray(images, np.float32) - low) / (high - low)
+
+
+SEED = 12345
+"""Seed of the checks' G samples and search starts (fixed: values compare across epochs and
+runs)."""
+
+SHORT_SEARCH = SearchConfig(steps=50, learning_rate=0.03, clip_z=True, score="izif")
+"""The short latent search E is compared with: izi_f's loss, 50 steps of 0.03 within G's prior."""
+
+
+def check_gan(model, reals):
+    """G's verdict (``gan_measures``): ``model``'s samples against the real images ``reals``."""
+    fakes = model.generate(*sample_inputs(model.config, len(reals.queries), SEED))
+    return verdict(gan_measures(reals.unit(fakes), reals.unit(reals.queries),
+                                reals.unit(reals.references)))
+
+
+def check_encoder(model, reals):
+    """E's verdict (``encoder_measures``) on the held-out images of ``reals``: G(E(x)) against
+    the mean training image and against a short search from random z."""
+    images, labels = reals.held_out, reals.held_out_labels
+    reconstructions = model.generate(model.encode(images, labels).numpy(), labels)
+    z0 = starting_z(range(len(images)), model.config.z_dim, SEED)
+    searched = model.search(images, labels, z0, SHORT_SEARCH).final
+    return verdict(encoder_measures(reals.unit(images), reals.unit(reconstructions),
+                                    reals.unit(searched), reals.unit(reals.references)))
+
+
+def log_health(writer, part, result, step):
+    """Writes a verdict's values (and whether it passed) to TensorBoard as health/*."""
+    with writer.as_default(step=step):
+        for name, value in result.items():
+            if isinstance(value, float):
+                tf.summary.scalar(f"health/{name}", value)
+        tf.summary.scalar(f"health/{part}_passed", float(result["passed"]))

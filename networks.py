@@ -2,7 +2,7 @@
 
 ``Generator`` and ``Discriminator`` (its last conv block is AnoGAN's feature layer f; layer
 norm instead of batch norm for WGAN-GP's critic), their class-conditional MNIST variants, and
-``Encoder`` (image -> z). Each takes a ``ModelConfig``.
+``Encoder`` (image -> z). Each takes a ``ModelConfig``; ``make_networks`` builds the three.
 """
 
 import math
@@ -10,7 +10,23 @@ import math
 import keras
 import tensorflow as tf
 
-from ops import Deconv2D, batch_norm, conv2d, conv_cond_concat, flat, halve, linear, lrelu
+from ops import (
+    Deconv2D,
+    LayerNorm,
+    batch_norm,
+    conv2d,
+    conv_cond_concat,
+    flat,
+    halve,
+    linear,
+    lrelu,
+)
+
+
+def critic_norm(config):
+    """D's normalisation layer factory: batch norm (DCGAN), or layer norm for WGAN-GP's critic,
+    whose gradient penalty is per example."""
+    return LayerNorm if config.gan == "wgan_gp" else batch_norm
 
 
 class Generator(keras.Model):
@@ -50,8 +66,8 @@ class Discriminator(keras.Model):
         super().__init__(name=name)
         self.convs = [conv2d(config.df_dim * 2 ** i, name=f"{prefix}_h{i}_conv")
                       for i in range(4)]
-        norm = norm or config.critic_norm
-        self.bns = [None] + [norm(f"{prefix}_bn{i}") for i in range(1, 4)]
+        norm = norm or critic_norm(config)
+        self.bns = [None] + [norm(name=f"{prefix}_bn{i}") for i in range(1, 4)]
         self.logit = linear(units, name=f"{prefix}_h4_lin")
 
     def call(self, images, y=None, training=False):
@@ -114,8 +130,8 @@ class ConditionalDiscriminator(keras.Model):
         self.conv1 = conv2d(config.df_dim + config.y_dim, name="d_h1_conv")
         self.fc2 = linear(config.dfc_dim, name="d_h2_lin")
         self.logit = linear(1, name="d_h3_lin")
-        self.bn1 = config.critic_norm("d_bn1")
-        self.bn2 = config.critic_norm("d_bn2")
+        self.bn1 = critic_norm(config)(name="d_bn1")
+        self.bn2 = critic_norm(config)(name="d_bn2")
 
     def call(self, images, y=None, training=False):
         h = lrelu(self.conv0(conv_cond_concat(images, y)))
@@ -130,3 +146,17 @@ def variables_by_path(*models):
     Keras 3 models expose no variables to ``tf.train.Checkpoint``; a dict of them does.
     """
     return {variable.path: variable for model in models for variable in model.variables}
+
+
+def make_networks(config):
+    """G, D and E of ``config`` (the conditional ones when ``config.y_dim``), with every
+    variable created, so that a restore fills them all at once."""
+    conditional = config.y_dim > 0
+    generator = (ConditionalGenerator if conditional else Generator)(config)
+    discriminator = (ConditionalDiscriminator if conditional else Discriminator)(config)
+    encoder = Encoder(config)
+    z, y = tf.zeros((1, config.z_dim)), tf.zeros((1, config.y_dim))
+    images = generator(z, y)
+    discriminator(images, y)
+    encoder(images, y)
+    return generator, discriminator, encoder

@@ -164,3 +164,56 @@ def folder_lock(folder):
             os.ftruncate(descriptor, 0)
     finally:
         os.close(descriptor)
+
+
+def on_replicas(strategy, fn):
+    """``fn`` run on contiguous slices of its batch per replica, outputs gathered in order.
+
+    Each replica (over all workers) computes its own slice; every process gets all outputs
+    back. With one replica this is ``fn`` itself.
+    """
+    import tensorflow as tf
+
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1:
+        return fn
+
+    def replica_fn(*batch):
+        context = tf.distribute.get_replica_context()
+        bounds = tf.range(replicas + 1) * tf.shape(batch[0])[0] // replicas
+        replica = context.replica_id_in_sync_group
+        first, last = bounds[replica], bounds[replica + 1]
+        outputs = fn(*(tensor[first:last] for tensor in batch))
+        return [context.all_gather(output, axis=0) for output in outputs]
+
+    @tf.function(reduce_retracing=True)
+    def run(*batch):
+        outputs = strategy.run(replica_fn, args=batch)
+        return [strategy.experimental_local_results(output)[0] for output in outputs]
+
+    return run
+
+
+class ReentrantFolderLock:
+    """``folder_lock`` of one folder that the holding process may take again (nested)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.depth = 0
+
+    @contextlib.contextmanager
+    def held(self):
+        """Within: this process holds the lock (taken at the outermost level only)."""
+        if self.depth:
+            self.depth += 1
+            try:
+                yield
+            finally:
+                self.depth -= 1
+            return
+        with folder_lock(self.folder):
+            self.depth = 1
+            try:
+                yield
+            finally:
+                self.depth = 0

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 import main as anogan
 import ops
+import phase_conv
 
 
 def shape_parser(description, steps=None, threads=False):
@@ -83,7 +84,7 @@ def environment():
     """Where the figures were measured."""
     gpus = tf.config.list_logical_devices("GPU")
     return {"device": gpus[0].name if gpus else "CPU", "cpu_count": os.cpu_count(),
-            "tensorflow": tf.__version__, "onednn": ops.onednn_enabled(),
+            "tensorflow": tf.__version__, "onednn": phase_conv.onednn_enabled(),
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
 

@@ -1,11 +1,11 @@
-"""Per-layer timings of the DCGAN's strided convolutions: TensorFlow's own ops vs ops.py's.
+"""Per-layer timings of the DCGAN's strided convolutions: TensorFlow's own ops vs phase_conv.py's.
 
     python benchmarks/conv_layers.py [--height 28 --channels 1 --batch 64]
 
 Prints one JSON object: for each convolution of G and D (at the shapes of a DCGAN of that
 size), milliseconds and GFLOP/s (counted from the layer shape) of the forward pass and of the
 input gradient (what the latent search needs), with TensorFlow's ops (``tf.nn.conv2d``,
-``tf.nn.conv2d_transpose`` and their registered gradients, as the original) and with ops.py's
+``tf.nn.conv2d_transpose`` and their registered gradients, as the original) and with phase_conv.py's
 (transposes by output phase, filters prepared once as in the search). A large ``tf.matmul`` is
 measured in the same run for reference.
 """
@@ -18,6 +18,7 @@ import tensorflow as tf
 
 import model
 import ops
+import phase_conv
 
 
 def parse_args(argv=None):
@@ -54,15 +55,15 @@ def layer_cases(layer, batch):
     if isinstance(layer, ops.Deconv2D):
         x = tf.random.uniform((batch, *layer.input_size, kernel.shape[3]))
         out = (batch, *layer.output_size, kernel.shape[2])
-        frozen = ops.phase_filters(kernel, layer.input_size, layer.output_size, stride)
+        prepared = phase_conv.phase_filters(kernel, layer.input_size, layer.output_size, stride)
         native = lambda x: tf.nn.conv2d_transpose(x, kernel, out, stride, "SAME")
-        ours = lambda x: ops.conv2d_transpose_same(
-            x, kernel, layer.output_size, stride, frozen)
+        ours = lambda x: phase_conv.conv2d_transpose_same(
+            x, kernel, layer.output_size, stride, prepared)
     else:
         x = tf.random.uniform((batch, *layer.input_size, kernel.shape[2]))
-        frozen = ops.phase_filters(kernel, *layer.transposed_sizes(), stride)
+        prepared = phase_conv.phase_filters(kernel, *layer.transposed_sizes(), stride)
         native = lambda x: tf.nn.conv2d(x, kernel, stride, "SAME")
-        ours = lambda x: ops.conv2d_same(x, kernel, stride, frozen)
+        ours = lambda x: phase_conv.conv2d_same(x, kernel, stride, prepared)
     y = native(x)
     return layer.name, x, y, {name: (tf.function(f), input_gradient(f))
                               for name, f in (("tensorflow", native), ("ops", ours))}

@@ -1,0 +1,133 @@
+"""The training loop shared by the GAN and the encoder: epochs of compiled steps, progress bars,
+TensorBoard losses, sample grids and checkpoints at their intervals, a stop between steps on
+Ctrl-C or SIGTERM (after saving), and a stop on non-finite losses."""
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from runtime import is_chief, stop_requests
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped by Ctrl-C or SIGTERM after saving a checkpoint."""
+
+
+class TrainingDiverged(Exception):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class Phase:
+    """What ``run`` trains: the GAN or the encoder.
+
+    ``step_fn`` is one compiled step on a distributed batch returning {name: loss} and
+    advancing ``counter``; ``epoch_batches(epoch)`` the dataset of an epoch; ``save()`` writes a
+    checkpoint and returns its path, ``latest()`` the newest one (None before the first);
+    ``samples(epoch, index, writer)`` writes a sample grid; ``epoch_end(writer)`` adds text to
+    the line printed after each epoch.
+    """
+
+    label: str
+    step_fn: Callable
+    counter: tf.Variable
+    epoch_batches: Callable
+    save: Callable
+    latest: Callable
+    samples: Callable
+    epoch_end: Callable = lambda writer: ""
+
+    @property
+    def steps_done(self):
+        return int(self.counter.numpy())
+
+
+def columns(rows):
+    """{name: [values]} of a list of {name: value} rows."""
+    return {name: [row[name] for row in rows] for name in (rows[0] if rows else {})}
+
+
+def logged_step(phase, batch, writer, bar):
+    """Runs one step; logs its losses to TensorBoard and the bar; stops on non-finite ones."""
+    losses = {name: float(value) for name, value in phase.step_fn(*batch).items()}
+    step = phase.steps_done
+    if not all(math.isfinite(value) for value in losses.values()):
+        kept = phase.latest()
+        raise TrainingDiverged(
+            f"losses became non-finite at step {step} ("
+            + ", ".join(f"{k} {v}" for k, v in losses.items()) + "); "
+            + (f"the last good checkpoint {kept} is kept" if kept else
+               "no checkpoint was written")
+            + ": lower --learning_rate")
+    bar.set_postfix({name: f"{value:.4f}" for name, value in losses.items()})
+    with writer.as_default(step=step):
+        for name, value in losses.items():
+            tf.summary.scalar(name, value)
+    return losses
+
+
+def epoch_line(phase, epoch, epochs, losses, writer, chief):
+    """The line printed after an epoch: its step and mean losses (and ``phase.epoch_end``)."""
+    return (f"{phase.label}epoch {epoch + 1}/{epochs} done: step {phase.steps_done}"
+            + "".join(f", mean {name} {np.mean(values):.4f}"
+                      for name, values in columns(losses).items())
+            + (phase.epoch_end(writer) if chief else ""))
+
+
+def run(phase, steps_per_epoch, epochs, strategy, train_config):
+    """Trains ``phase`` until ``epochs`` epochs of ``steps_per_epoch`` steps are done.
+
+    Resumes from ``phase.counter``. Samples every ``sample_every`` steps, at every epoch's end
+    and when stopped; saves every ``save_every`` steps, at the end and when stopped (also when
+    an output cannot be written). Returns the loss values of each step of this run.
+    """
+    chief = is_chief(strategy)
+    writer = (tf.summary.create_file_writer(train_config.log_dir) if chief
+              else tf.summary.create_noop_writer())
+    sampled = None
+
+    def sample(epoch):
+        nonlocal sampled
+        step = phase.steps_done
+        if chief and sampled != step:
+            phase.samples(epoch, step - epoch * steps_per_epoch, writer)
+            sampled = step
+
+    history = []
+    epoch = phase.steps_done // steps_per_epoch
+    try:
+        with stop_requests() as stop:
+            while epoch < epochs:
+                done = phase.steps_done - epoch * steps_per_epoch
+                batches = strategy.experimental_distribute_dataset(
+                    phase.epoch_batches(epoch).take(steps_per_epoch - done))
+                losses = []
+                with tqdm(batches, total=steps_per_epoch, initial=done, unit="step", leave=False,
+                          desc=f"{phase.label}epoch {epoch + 1}/{epochs}") as bar:
+                    for batch in bar:
+                        losses.append(logged_step(phase, batch, writer, bar))
+                        if phase.steps_done % train_config.sample_every == 0:
+                            sample(epoch)
+                        if phase.steps_done % train_config.save_every == 0:
+                            phase.save()
+                        if stop.is_set():
+                            raise KeyboardInterrupt
+                sample(epoch)
+                history += losses
+                tqdm.write(epoch_line(phase, epoch, epochs, losses, writer, chief))
+                epoch += 1
+    except KeyboardInterrupt:
+        sample(min(epoch, epochs - 1))
+        path = phase.save()
+        raise TrainingInterrupted(f"interrupted at step {phase.steps_done}; saved {path}: "
+                                  "run again to resume") from None
+    except OSError:
+        phase.save()  # an output that cannot be written loses no training
+        raise
+    phase.save()
+    writer.flush()
+    return [tuple(step.values()) for step in history]

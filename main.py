@@ -24,9 +24,10 @@ runtime.import_tensorflow()  # before anything imports it: its start-up notices 
 import keras
 import numpy as np
 
-import download
+import evaluation
 import export
 import health
+import inputs
 import model
 import utils
 
@@ -187,19 +188,6 @@ def build_parser():
     return p
 
 
-def is_mnist(args):
-    return args.dataset.lower() == "mnist"
-
-
-def dataset_folder(args):
-    return Path(args.data_dir) / args.dataset
-
-
-def is_mvtec(args):
-    """Whether the dataset is an MVTec AD-style folder: train/good/ and test/."""
-    return not is_mnist(args) and utils.is_mvtec_folder(dataset_folder(args))
-
-
 def is_folder_name(name):
     """Whether ``name`` names one folder inside another: no path, not '.' or '..'."""
     return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
@@ -219,38 +207,38 @@ def check_writable(folder, flag):
                          "its permissions or choose another folder") from None
 
 
-def resolve(args):
-    """Fills derived defaults and rejects contradictory flags (raises UsageError).
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One command, resolved once from its flags (``resolve``) and handed to every job: the
+    flags as parsed, the data they name, the model's checkpoint folder and the configurations
+    they make (``model_config`` with three channels until the images tell)."""
 
-    Builds the configurations the flags make, so their own checks run before any work.
+    flags: argparse.Namespace
+    data: inputs.DataSpec
+    checkpoint_dir: Path
+    model_config: model.ModelConfig
+    train_config: model.TrainConfig
+    search_config: model.SearchConfig
+
+
+def resolve(args):
+    """The ``Job`` of the parsed flags, with their derived defaults; UsageError for flags that
+    contradict each other or are out of range.
+
+    The configurations are built here, so that their own checks run before any work.
     """
-    default_size = 28 if is_mnist(args) else None
-    args.input_height = args.input_height or default_size or 108
-    args.output_height = args.output_height or default_size or 64
-    args.input_width = args.input_width or args.input_height
-    args.output_width = args.output_width or args.output_height
-    if args.y_dim is None:
-        args.y_dim = 10 if is_mnist(args) else 0
-    wgan = args.gan == "wgan_gp"
-    args.train_learning_rate = (args.learning_rate if args.learning_rate is not None
-                                else 0.0001 if wgan else 0.0002)
-    args.train_beta1 = args.beta1 if args.beta1 is not None else (0.0 if wgan else 0.5)
-    args.train_beta2 = args.beta2 if args.beta2 is not None else (0.9 if wgan else 0.999)
-    args.search_beta1 = args.beta1 if args.beta1 is not None else 0.5
-    mvtec = is_mvtec(args)
-    args.input_fname_pattern = args.input_fname_pattern or ("*.png" if mvtec else "*.jpg")
-    args.test_dir = args.test_dir or str(dataset_folder(args) / "test" if mvtec else "test_data")
-    args.mask_dir = args.mask_dir or str(Path(args.test_dir).parent / "ground_truth")
+    data = inputs.DataSpec.from_flags(args)
+    y_dim = args.y_dim if args.y_dim is not None else (10 if data.is_mnist else 0)
     checks = [
         (not (args.train or args.train_encoder or args.anomaly_test or args.visualize
               or args.export),
          "nothing to do: pass --train, --train_encoder, --anomaly_test, --visualize, --export"),
-        (args.normal_class is not None and not is_mnist(args),
+        (args.normal_class is not None and not data.is_mnist,
          f"--normal_class applies to --dataset mnist only, not {args.dataset!r}"),
-        (args.y_dim and not is_mnist(args),
+        (y_dim and not data.is_mnist,
          f"--y_dim needs labels, which only --dataset mnist has, not {args.dataset!r}"),
-        (is_mnist(args) and args.y_dim not in (0, 10), "--y_dim for mnist is 0 or 10"),
-        (min(args.input_height, args.input_width) < 1, "--input_height/width must be positive"),
+        (data.is_mnist and y_dim not in (0, 10), "--y_dim for mnist is 0 or 10"),
+        (min(data.input_size) < 1, "--input_height/width must be positive"),
         (args.batch_size < 1 or args.test_batch_size < 1, "batch sizes must be positive"),
         (not args.train_size >= 1, "--train_size must be at least 1"),
         (args.test_size is not None and args.test_size < 1, "--test_size must be positive"),
@@ -259,20 +247,20 @@ def resolve(args):
         (args.seed < 0, "--seed must be >= 0"),
         (not is_folder_name(args.test_result_dir),
          f"--test_result_dir must be one folder name (no path), not {args.test_result_dir!r}"),
-        (args.test_result_dir.lower() in utils.NORMAL_FOLDERS,
+        (args.test_result_dir.lower() in inputs.NORMAL_FOLDERS,
          f"--test_result_dir {args.test_result_dir!r} is the name of the normal images' folder"),
     ]
     for failed, message in checks:
         if failed:
             raise UsageError(message)
+    name = model_dir(args, data.output_size)
     try:
-        config = model_config(args, channels=3)
-        args.train_config = train_config(args)
-        args.search_config = search_config(args)
+        job = Job(args, data, Path(args.checkpoint_dir) / name, model_config(args, data, y_dim),
+                  train_config(args, Path(args.log_dir) / name), search_config(args))
     except ValueError as error:
         raise UsageError(str(error)) from None
-    check_memory(config, max(args.batch_size, args.test_batch_size))
-    return args
+    check_memory(job.model_config, max(args.batch_size, args.test_batch_size))
+    return job
 
 
 def check_memory(config, batch_size):
@@ -286,34 +274,42 @@ def check_memory(config, batch_size):
             "the batch size")
 
 
-def model_config(args, channels):
-    classes = tuple(args.normal_class) if args.y_dim and args.normal_class else ()
-    return model.ModelConfig(args.output_height, args.output_width, channels, z_dim=args.z_dim,
-                             y_dim=args.y_dim, gf_dim=args.gf_dim, df_dim=args.df_dim,
-                             classes=classes, gan=args.gan)
+def model_config(args, data, y_dim):
+    classes = tuple(args.normal_class) if y_dim and args.normal_class else ()
+    return model.ModelConfig(*data.output_size, 3, z_dim=args.z_dim, y_dim=y_dim,
+                             gf_dim=args.gf_dim, df_dim=args.df_dim, classes=classes,
+                             gan=args.gan)
 
 
-def train_config(args):
+def train_config(args, log_dir):
+    """The training's configuration; Adam's defaults are the original's, or f-AnoGAN's for
+    WGAN-GP."""
+    wgan = args.gan == "wgan_gp"
     return model.TrainConfig(
-        epochs=args.epoch, learning_rate=args.train_learning_rate, beta1=args.train_beta1,
-        beta2=args.train_beta2, n_critic=args.n_critic, gp_weight=args.gp_weight,
+        epochs=args.epoch,
+        learning_rate=(args.learning_rate if args.learning_rate is not None
+                       else 0.0001 if wgan else 0.0002),
+        beta1=args.beta1 if args.beta1 is not None else (0.0 if wgan else 0.5),
+        beta2=args.beta2 if args.beta2 is not None else (0.9 if wgan else 0.999),
+        n_critic=args.n_critic, gp_weight=args.gp_weight,
         encoder_min_steps=args.encoder_min_steps, save_every=args.save_every,
-        sample_every=args.sample_every, sample_dir=args.sample_dir,
-        log_dir=str(Path(args.log_dir) / model_dir(args)), encoder_epochs=args.encoder_epoch,
-        encoder_learning_rate=args.encoder_learning_rate, encoder_kappa=args.encoder_kappa)
+        sample_every=args.sample_every, sample_dir=args.sample_dir, log_dir=str(log_dir),
+        encoder_epochs=args.encoder_epoch, encoder_learning_rate=args.encoder_learning_rate,
+        encoder_kappa=args.encoder_kappa)
 
 
 def search_config(args):
     return model.SearchConfig(
-        steps=args.test_epoch, learning_rate=args.test_learning_rate, beta1=args.search_beta1,
-        ano_lambda=args.ano_lambda, dis_loss=args.dis_loss, restarts=args.test_restarts,
-        clip_z=args.test_clip_z, z_init=args.z_init, score=args.score, kappa=args.encoder_kappa)
+        steps=args.test_epoch, learning_rate=args.test_learning_rate,
+        beta1=args.beta1 if args.beta1 is not None else 0.5, ano_lambda=args.ano_lambda,
+        dis_loss=args.dis_loss, restarts=args.test_restarts, clip_z=args.test_clip_z,
+        z_init=args.z_init, score=args.score, kappa=args.encoder_kappa)
 
 
-def model_dir(args):
+def model_dir(args, output_size):
     """The original's checkpoint sub-folder name, plus the normal digits when one-class."""
     dataset = args.dataset.replace("/", "_").replace("\\", "_")
-    name = f"{dataset}_{args.batch_size}_{args.output_height}_{args.output_width}"
+    name = f"{dataset}_{args.batch_size}_{output_size[0]}_{output_size[1]}"
     if args.normal_class is not None:
         name += "_normal" + "".join(str(d) for d in args.normal_class)
     if args.gan != "dcgan":
@@ -321,106 +317,69 @@ def model_dir(args):
     return name
 
 
-def mnist_folder(args):
-    """<data_dir>/mnist, fetched by download.py's verified fetch when a file is missing."""
-    folder = Path(args.data_dir) / "mnist"
-    if utils.mnist_files_present(folder):
-        return folder
-    print(f"MNIST is not in {folder}: fetching it")
-    try:
-        download.download_mnist(args.data_dir, [*args.mirror, *download.MNIST_MIRRORS])
-    except download.DownloadError as error:
-        raise utils.DataError(f"cannot fetch MNIST into {folder} ({error}): without a network, "
-                              "run `python download.py mnist --from PATH` with a folder or "
-                              "archive of the four idx files") from None
-    return folder
-
-
-def training_source(args, check=True):
-    """The training images: MNIST's train split (of the normal digits) or a folder.
-
-    Without ``check`` a folder's images are listed but not decoded (enough for c_dim).
-    """
-    if is_mnist(args):
-        return utils.mnist_source(mnist_folder(args), "train", args.normal_class)
-    folder = dataset_folder(args) / "train" / "good" if is_mvtec(args) else dataset_folder(args)
-    if not folder.is_dir():
-        raise utils.DataError(f"dataset folder {folder} not found: put images there or run "
-                              f"`python download.py {args.dataset}`")
-    return utils.folder_source(folder, args.input_fname_pattern, crop_size(args), check)
-
-
-def training_split(args):
+def training_split(job):
     """The training images without the held-out slice, capped by --train_size, and the
     steps per epoch: (source, split, images used per epoch, steps per epoch)."""
-    source = training_source(args)
-    train, held_out = utils.split_holdout(source, args.seed)
-    usable = int(min(len(train), args.train_size))
-    steps_per_epoch = usable // args.batch_size
+    source, train, held_out = job.data.training_split()
+    usable = int(min(len(train), job.flags.train_size))
+    steps_per_epoch = usable // job.flags.batch_size
     if steps_per_epoch == 0:
         raise UsageError(f"{usable} training images are fewer than --batch_size "
-                         f"{args.batch_size}: lower --batch_size or add images")
+                         f"{job.flags.batch_size}: lower --batch_size or add images")
     return source, train, held_out, usable, steps_per_epoch
 
 
-def crop_size(args):
-    """The (h, w) every image must at least have: the crop, with --crop."""
-    return (args.input_height, args.input_width) if args.crop else None
+def image_spec(job, dcgan):
+    return job.data.image_spec(dcgan.config.value_range)
 
 
-def image_spec(args, config):
-    return utils.ImageSpec(input_size=(args.input_height, args.input_width),
-                           output_size=(args.output_height, args.output_width), crop=args.crop,
-                           value_range=config.value_range)
-
-
-def training_dataset(args, dcgan, images, seed=None):
+def training_dataset(job, dcgan, images, seed=None):
     """Shuffled training batches of ``images`` for ``dcgan`` (the last partial one dropped),
     shuffled by ``seed`` (default --seed)."""
-    return utils.make_dataset(images, image_spec(args, dcgan.config), args.batch_size,
-                              y_dim=dcgan.config.y_dim,
-                              shuffle_seed=args.seed if seed is None else seed,
-                              drop_remainder=True)
+    return inputs.make_dataset(images, image_spec(job, dcgan), job.flags.batch_size,
+                               y_dim=dcgan.config.y_dim,
+                               shuffle_seed=job.flags.seed if seed is None else seed,
+                               drop_remainder=True)
 
 
-def build_model(args, channels):
-    """The DCGAN for these flags, restored from its checkpoint when one exists.
+def build_model(job, channels):
+    """The DCGAN for these flags with ``channels``, restored from its checkpoint when one
+    exists.
 
     A checkpoint saved without batch-norm statistics gets them re-estimated from the
     training images, with a warning.
     """
-    dcgan = model.DCGAN(model_config(args, channels), Path(args.checkpoint_dir) / model_dir(args),
-                        args.train_config,
-                        strategy=runtime.make_strategy(args.strategy, args.devices))
+    flags = job.flags
+    dcgan = model.DCGAN(dataclasses.replace(job.model_config, c_dim=channels),
+                        job.checkpoint_dir, job.train_config,
+                        strategy=runtime.make_strategy(flags.strategy, flags.devices))
     restored = dcgan.load()
     for line in dcgan.warnings:
         print(line, file=sys.stderr)
     if dcgan.statistics_missing:
-        _, train, _, usable, _ = training_split(args)
+        _, train, _, usable, _ = training_split(job)
         batches = 50
-        dcgan.estimate_statistics(training_dataset(args, dcgan, train), args.batch_size,
-                                  batches, args.seed)
+        dcgan.estimate_statistics(training_dataset(job, dcgan, train), flags.batch_size,
+                                  batches, flags.seed)
         print(f"warning: {dcgan.manager.latest_checkpoint} was saved without batch-norm "
               f"statistics (an older version): re-estimated them on {batches} batches of the "
               f"{usable} training images; the next checkpoint saves them", file=sys.stderr)
     return dcgan, restored
 
 
-def health_images(args, dcgan, train, held_out):
+def health_images(job, dcgan, train, held_out):
     """The real images of the health check (``health.RealImages``), or None for fewer than 4
     training images: up to 256 training images as queries, up to 1,000 others as references,
     and up to 64 held-out images (training images when none are held out)."""
     if len(train) < 4:
         return None
-    order = np.random.default_rng(args.seed).permutation(len(train))
+    order = np.random.default_rng(job.flags.seed).permutation(len(train))
     queries = order[:min(256, len(train) // 2)]
     references = order[len(queries):len(queries) + 1000]
     shown = held_out if len(held_out) else train.subset(queries)
 
     def arrays(source):
-        batches = list(utils.make_dataset(source, image_spec(args, dcgan.config), 256,
-                                          y_dim=dcgan.config.y_dim))
-        return [np.concatenate([batch[i].numpy() for batch in batches]) for i in range(2)]
+        return inputs.arrays(source, image_spec(job, dcgan), dcgan.config.y_dim)
 
     held_images, held_labels = arrays(shown.subset(range(min(64, len(shown)))))
     return health.RealImages(arrays(train.subset(np.sort(queries)))[0],
@@ -435,58 +394,60 @@ def warn(result, what="training", gan="dcgan"):
         print(line, file=sys.stderr)
 
 
-def train(args):
+def train(job):
     """Trains the GAN; when its health check fails at the end of a training begun here, starts
     again with the next seed, up to --retries times (the failed one is set aside)."""
-    source, train_images, held_out, usable, steps_per_epoch = training_split(args)
-    check_writable(args.sample_dir, "--sample_dir")
-    check_writable(args.train_config.log_dir, "--log_dir")
-    for attempt in range(args.retries + 1):
-        dcgan, resumed = build_model(args, source.channels)
-        result = train_once(args, dcgan, resumed, train_images, held_out, usable,
-                            steps_per_epoch, args.seed + attempt)
-        if result is None or result["passed"] or resumed or attempt == args.retries:
+    flags = job.flags
+    source, train_images, held_out, usable, steps_per_epoch = training_split(job)
+    check_writable(flags.sample_dir, "--sample_dir")
+    check_writable(job.train_config.log_dir, "--log_dir")
+    for attempt in range(flags.retries + 1):
+        dcgan, resumed = build_model(job, source.channels)
+        result = train_once(job, dcgan, resumed, train_images, held_out, usable,
+                            steps_per_epoch, flags.seed + attempt)
+        if result is None or result["passed"] or resumed or attempt == flags.retries:
             break
-        rejected = dcgan.set_aside(f"rejected_seed{args.seed + attempt}")
-        print(f"training with --seed {args.seed + attempt} failed its health check (kept in "
-              f"{rejected}): training again with seed {args.seed + attempt + 1}")
-        keras.utils.set_random_seed(args.seed + attempt + 1)
+        rejected = dcgan.set_aside(f"rejected_seed{flags.seed + attempt}")
+        print(f"training with --seed {flags.seed + attempt} failed its health check (kept in "
+              f"{rejected}): training again with seed {flags.seed + attempt + 1}")
+        keras.utils.set_random_seed(flags.seed + attempt + 1)
     print(f"checkpoint: {dcgan.manager.latest_checkpoint} (seed {dcgan.training_seed})")
 
 
-def train_once(args, dcgan, resumed, train_images, held_out, usable, steps_per_epoch, seed):
+def train_once(job, dcgan, resumed, train_images, held_out, usable, steps_per_epoch, seed):
     """Trains (or resumes) one GAN; returns its final health verdict (None without one)."""
-    reals = health_images(args, dcgan, train_images, held_out)
+    flags = job.flags
+    reals = health_images(job, dcgan, train_images, held_out)
     with dcgan.exclusive():
         if resumed:
             seed = dcgan.training_seed if dcgan.training_seed is not None else seed
             print(f"resuming from step {dcgan.steps_done} in {dcgan.checkpoint_dir}")
-        if dcgan.steps_done >= args.epoch * steps_per_epoch:
-            print(f"already trained {dcgan.steps_done} steps ({args.epoch} epochs): raise "
+        if dcgan.steps_done >= flags.epoch * steps_per_epoch:
+            print(f"already trained {dcgan.steps_done} steps ({flags.epoch} epochs): raise "
                   "--epoch to train more")
             if dcgan.health["gan"] is None and reals is not None:
                 dcgan.training_seed = seed if dcgan.training_seed is None else dcgan.training_seed
                 dcgan.check_health(reals, "gan")
                 dcgan.write_config()
         else:
-            print(f"training on {usable} images of {args.dataset}, {steps_per_epoch} steps per "
+            print(f"training on {usable} images of {flags.dataset}, {steps_per_epoch} steps per "
                   f"epoch, seed {seed}")
-            dcgan.train(training_dataset(args, dcgan, train_images, seed), steps_per_epoch,
-                        args.batch_size, model.sample_inputs(dcgan.config, args.batch_size, seed),
+            dcgan.train(training_dataset(job, dcgan, train_images, seed), steps_per_epoch,
+                        flags.batch_size, model.sample_inputs(dcgan.config, flags.batch_size, seed),
                         seed=seed, reals=reals)
     warn(dcgan.health["gan"], gan=dcgan.config.gan)
     return dcgan.health["gan"]
 
 
-def train_encoder(args):
-    source, train_images, held_out, usable, steps_per_epoch = training_split(args)
-    check_writable(args.sample_dir, "--sample_dir")
-    check_writable(args.train_config.log_dir, "--log_dir")
-    dcgan, restored = build_model(args, source.channels)
+def train_encoder(job):
+    source, train_images, held_out, usable, steps_per_epoch = training_split(job)
+    check_writable(job.flags.sample_dir, "--sample_dir")
+    check_writable(job.train_config.log_dir, "--log_dir")
+    dcgan, restored = build_model(job, source.channels)
     if not restored:
         raise UsageError(f"no trained GAN in {dcgan.checkpoint_dir}: train it first (--train "
                          "with the same --dataset and sizes), then --train_encoder")
-    epochs = args.train_config.encoder_epochs_for(steps_per_epoch)
+    epochs = job.train_config.encoder_epochs_for(steps_per_epoch)
     with dcgan.exclusive():
         trained_for = dcgan.encoder_trained_for
         if trained_for not in (None, dcgan.steps_done):
@@ -499,15 +460,14 @@ def train_encoder(args):
             return
         elif dcgan.encoder_steps_done:
             print(f"resuming the encoder from step {dcgan.encoder_steps_done}")
-        print(f"training the encoder on {usable} images of {args.dataset}: {epochs} epochs of "
-              f"{steps_per_epoch} steps")
-        reals = health_images(args, dcgan, train_images, held_out)
+        print(f"training the encoder on {usable} images of {job.flags.dataset}: {epochs} epochs "
+              f"of {steps_per_epoch} steps")
+        reals = health_images(job, dcgan, train_images, held_out)
         shown = held_out if len(held_out) else train_images
-        sample_batch = next(iter(utils.make_dataset(
-            shown.subset(range(min(32, len(shown)))), image_spec(args, dcgan.config), 32,
-            y_dim=dcgan.config.y_dim)))
-        dcgan.train_encoder(training_dataset(args, dcgan, train_images), steps_per_epoch,
-                            args.batch_size, tuple(t.numpy() for t in sample_batch), reals)
+        samples = inputs.arrays(shown.subset(range(min(32, len(shown)))), image_spec(job, dcgan),
+                                dcgan.config.y_dim)
+        dcgan.train_encoder(training_dataset(job, dcgan, train_images), steps_per_epoch,
+                            job.flags.batch_size, samples, reals)
     result = dcgan.health["encoder"]
     if result is not None:
         print("encoder health: " + health.summary_line(result))
@@ -515,95 +475,72 @@ def train_encoder(args):
     print(f"encoder checkpoint: {dcgan.encoder_manager.latest_checkpoint}")
 
 
-def saved_channels(args):
+def saved_channels(job):
     """The channel count in the checkpoint's config.json, or None without a usable one."""
-    path = Path(args.checkpoint_dir) / model_dir(args) / "config.json"
     try:
-        channels = json.loads(path.read_text()).get("c_dim")
+        channels = json.loads((job.checkpoint_dir / "config.json").read_text()).get("c_dim")
     except (OSError, ValueError, AttributeError):
         return None
     return channels if channels in (1, 3) else None
 
 
-def trained_model(args):
+def trained_model(job):
     """A restored DCGAN, or UsageError telling to train first. Its channel count comes from
     its config.json, else from the training images (read without decoding them)."""
-    channels = saved_channels(args) or training_source(args, check=False).channels
-    dcgan, restored = build_model(args, channels)
+    channels = saved_channels(job) or job.data.training_source(check=False).channels
+    dcgan, restored = build_model(job, channels)
     if not restored:
         raise UsageError(f"no checkpoint in {dcgan.checkpoint_dir}: train a model first "
                          "(python main.py --train with the same --dataset and sizes)")
     return dcgan
 
 
-def visualize(args):
-    dcgan = trained_model(args)
-    count = args.generate_test_images if args.visualize_option == 0 else args.batch_size
-    paths = dcgan.visualize(args.visualize_option, args.sample_dir, count, args.seed)
-    print(f"wrote {len(paths)} file(s) to {args.sample_dir}")
+def visualize(job):
+    flags = job.flags
+    dcgan = trained_model(job)
+    count = flags.generate_test_images if flags.visualize_option == 0 else flags.batch_size
+    paths = dcgan.visualize(flags.visualize_option, flags.sample_dir, count, flags.seed)
+    print(f"wrote {len(paths)} file(s) to {flags.sample_dir}")
 
 
-def result_folder(args):
-    """Where the anomaly test writes: --test_result_dir inside --test_dir (beside it when
-    --test_dir is one image file)."""
-    test_dir = Path(args.test_dir)
-    return (test_dir.parent if test_dir.is_file() else test_dir) / args.test_result_dir
-
-
-def test_source(args, channels):
-    """The images to score: --test_dir (a folder, or one image file) when it holds any, else
-    MNIST's test split."""
-    result_dir = result_folder(args)
-    if Path(args.test_dir).is_file():
-        return utils.file_source(args.test_dir, channels, crop_size(args))
-    if Path(args.test_dir).exists() and not Path(args.test_dir).is_dir():
-        raise utils.DataError(f"--test_dir {args.test_dir} is neither a folder nor an image")
-    if Path(args.test_dir).is_dir():
-        source = utils.test_folder_source(args.test_dir, result_dir, channels, crop_size(args),
-                                          args.mask_dir)
-        if len(source):
-            return source
-    if is_mnist(args):
-        return utils.mnist_test_source(mnist_folder(args), args.normal_class)
-    raise utils.DataError(f"no test images in {args.test_dir}: put images there (normal/ and "
-                          "anomaly/ subfolders give labels)")
-
-
-def score_source(dcgan, source, args, report=None):
-    """Runs the latent search over ``source``; feeds ``report`` or returns the scores."""
-    dataset = utils.make_dataset(source, image_spec(args, dcgan.config), args.test_batch_size,
-                                 y_dim=dcgan.config.y_dim)
-    batches = math.ceil(len(source) / args.test_batch_size)
+def score_source(job, dcgan, source, search, report=None):
+    """Runs the latent search ``search`` over ``source``; feeds ``report`` or returns the
+    scores."""
+    flags = job.flags
+    dataset = inputs.make_dataset(source, image_spec(job, dcgan), flags.test_batch_size,
+                                  y_dim=dcgan.config.y_dim)
+    batches = math.ceil(len(source) / flags.test_batch_size)
     scores = []
-    for images, result in dcgan.score_batches(dataset, args.search_config, batches, args.seed):
-        maps = utils.anomaly_maps(images, result.final, dcgan.config.value_range)
-        if args.image_score != "sum":
-            result.score = model.map_score(maps, args.image_score).numpy()
+    for images, result in dcgan.score_batches(dataset, search, batches, flags.seed):
+        maps = evaluation.anomaly_maps(images, result.final, dcgan.config.value_range)
+        if flags.image_score != "sum":
+            result.score = model.map_score(maps, flags.image_score).numpy()
         if report is not None:
             report.add(images, result, maps)
         scores.append(result.score)
     return np.concatenate(scores)
 
 
-def choose_threshold(args, dcgan, report):
+def choose_threshold(job, dcgan, report):
     """The manual threshold, or the 95th percentile of normal images' scores."""
-    if args.threshold != "auto":
-        return args.threshold, "manual"
+    if job.flags.threshold != "auto":
+        return job.flags.threshold, "manual"
     normal = report.normal_scores()
     normal = normal[np.isfinite(normal)]
     if len(normal):
         return float(np.percentile(normal, 95)), "normal_test_images"
-    return held_out_threshold(args, dcgan)
+    return held_out_threshold(job, dcgan, job.search_config)
 
 
-def held_out_threshold(args, dcgan):
-    """The 95th percentile of the held-out training images' scores, and its source."""
-    _, held_out = utils.split_holdout(training_source(args), args.seed)
+def held_out_threshold(job, dcgan, search):
+    """The 95th percentile of the held-out training images' scores under ``search``, and its
+    source."""
+    _, _, held_out = job.data.training_split()
     if not len(held_out):
         raise utils.DataError("no labelled normal test images and too few training images to "
                               "hold out: pass --threshold <score>")
     print(f"scoring {len(held_out)} held-out training images for the threshold")
-    held = score_source(dcgan, held_out, args)
+    held = score_source(job, dcgan, held_out, search)
     return float(np.percentile(held[np.isfinite(held)], 95)), "heldout_train_images"
 
 
@@ -619,52 +556,52 @@ def check_encoder(dcgan, what="--z_init encoder"):
                      f"{dcgan.steps_done}: run --train_encoder again")
 
 
-def anomaly_test(args):
-    dcgan = trained_model(args)
-    if args.z_init == "encoder":
+def anomaly_test(job):
+    dcgan = trained_model(job)
+    if job.flags.z_init == "encoder":
         check_encoder(dcgan)
-    check_writable(args.train_config.log_dir, "--log_dir")
-    result_dir = result_folder(args)
-    if (result_dir.is_dir() and not utils.is_result_folder(result_dir)
-            and any(p.suffix.lower() in utils.IMAGE_EXTENSIONS for p in result_dir.rglob("*"))):
-        raise UsageError(f"--test_result_dir {args.test_result_dir}: {result_dir} holds test "
-                         "images, not results: choose another name")
+    check_writable(job.train_config.log_dir, "--log_dir")
+    result_dir = job.data.result_folder()
+    if (result_dir.is_dir() and not inputs.is_result_folder(result_dir)
+            and any(p.suffix.lower() in inputs.IMAGE_EXTENSIONS for p in result_dir.rglob("*"))):
+        raise UsageError(f"--test_result_dir {job.flags.test_result_dir}: {result_dir} holds "
+                         "test images, not results: choose another name")
     if dcgan.is_chief:
-        score_and_report(args, dcgan, result_folder(args))
+        score_and_report(job, dcgan, result_dir)
         return
     with tempfile.TemporaryDirectory() as scratch:  # other workers search but write nothing
-        score_and_report(args, dcgan, Path(scratch))
+        score_and_report(job, dcgan, Path(scratch))
 
 
-def score_and_report(args, dcgan, result_dir):
+def score_and_report(job, dcgan, result_dir):
     """Scores the test images and writes every output into ``result_dir``."""
-    source = utils.limit_source(test_source(args, dcgan.config.c_dim), args.test_size,
-                                args.seed)
+    flags = job.flags
+    source = job.data.test_source(dcgan.config.c_dim)
     warn(dcgan.health["gan"], gan=dcgan.config.gan)
-    if args.z_init == "encoder":
+    if flags.z_init == "encoder":
         warn(dcgan.health["encoder"], "encoder")
-    report = utils.AnomalyReport(result_dir, source, dcgan.config.value_range,
-                                 mask_spec=image_spec(args, dcgan.config))
-    restarts = f" from {args.test_restarts} starting points" if args.test_restarts > 1 else ""
-    start = "E(x)" if args.z_init == "encoder" else "U(-1, 1)"
-    print(f"scoring {len(source)} images from z = {start}, {args.test_epoch} search steps "
+    report = evaluation.AnomalyReport(result_dir, source, dcgan.config.value_range,
+                                      mask_spec=image_spec(job, dcgan))
+    restarts = f" from {flags.test_restarts} starting points" if flags.test_restarts > 1 else ""
+    start = "E(x)" if flags.z_init == "encoder" else "U(-1, 1)"
+    print(f"scoring {len(source)} images from z = {start}, {flags.test_epoch} search steps "
           f"each{restarts}")
     started = time.perf_counter()
-    score_source(dcgan, source, args, report)
+    score_source(job, dcgan, source, job.search_config, report)
     seconds = time.perf_counter() - started
-    threshold, threshold_source = choose_threshold(args, dcgan, report)
+    threshold, threshold_source = choose_threshold(job, dcgan, report)
     metrics = report.finish(threshold, threshold_source, {
         "seconds": round(seconds, 3), "images_per_second": round(len(source) / seconds, 3),
-        "test_epoch": args.test_epoch, "z_init": args.z_init, "score": args.score,
-        "image_score": args.image_score,
-        "ano_lambda": args.ano_lambda, "encoder_kappa": args.encoder_kappa,
-        "dis_loss": args.dis_loss,
-        "test_learning_rate": args.test_learning_rate, "test_restarts": args.test_restarts,
-        "test_clip_z": args.test_clip_z, "gan": dcgan.config.gan,
+        "test_epoch": flags.test_epoch, "z_init": flags.z_init, "score": flags.score,
+        "image_score": flags.image_score,
+        "ano_lambda": flags.ano_lambda, "encoder_kappa": flags.encoder_kappa,
+        "dis_loss": flags.dis_loss,
+        "test_learning_rate": flags.test_learning_rate, "test_restarts": flags.test_restarts,
+        "test_clip_z": flags.test_clip_z, "gan": dcgan.config.gan,
         "training_seed": dcgan.training_seed, "health": dcgan.health,
         "gan_steps": dcgan.steps_done,
-        "encoder_steps": dcgan.encoder_steps_done if args.z_init == "encoder" else None},
-        tensorboard=(args.train_config.log_dir, dcgan.steps_done, args.test_result_dir)
+        "encoder_steps": dcgan.encoder_steps_done if flags.z_init == "encoder" else None},
+        tensorboard=(job.train_config.log_dir, dcgan.steps_done, flags.test_result_dir)
         if dcgan.is_chief else None)
     for name in metrics["non_finite"]:
         print(f"warning: {name}: anomaly score is not finite", file=sys.stderr)
@@ -675,66 +612,65 @@ def score_and_report(args, dcgan, result_dir):
         f"{k} {metrics[k]}" for k in ("n", "n_anomalous", "roc_auc", "pr_auc", "threshold")))
 
 
-def scoring_mode(args):
-    """The flags that make scores comparable (a threshold belongs to them), as metrics.json
-    records them."""
-    return {"z_init": args.z_init, "test_epoch": args.test_epoch, "score": args.score,
-            "image_score": args.image_score, "ano_lambda": args.ano_lambda,
-            "encoder_kappa": args.encoder_kappa, "dis_loss": args.dis_loss}
+def scoring_mode(search, image_score):
+    """What makes scores comparable (a threshold belongs to it), under the names of the flags
+    as metrics.json records them."""
+    return {"z_init": search.z_init, "test_epoch": search.steps, "score": search.score,
+            "image_score": image_score, "ano_lambda": search.ano_lambda,
+            "encoder_kappa": search.kappa, "dis_loss": search.dis_loss}
 
 
-def one_pass(args):
-    """A copy of ``args`` scoring in one pass from E(x), as the exported model does."""
-    copied = argparse.Namespace(**vars(args))
-    copied.z_init, copied.test_epoch = "encoder", 0
-    copied.search_config = search_config(copied)
-    return copied
+def one_pass(search):
+    """``search`` scoring in one pass from E(x), as the exported model does."""
+    return dataclasses.replace(search, z_init="encoder", steps=0)
 
 
-def export_threshold(args, dcgan):
+def export_threshold(job, dcgan, search):
     """The exported threshold and its source: --threshold, else the last anomaly test's when
-    it scored in the exported mode, else the held-out training images' 95th percentile."""
-    mode = one_pass(args)
-    if args.threshold != "auto":
-        return args.threshold, "manual"
-    path = result_folder(args) / "metrics.json"
+    it scored as ``search`` does, else the held-out training images' 95th percentile."""
+    if job.flags.threshold != "auto":
+        return job.flags.threshold, "manual"
+    path = job.data.result_folder() / "metrics.json"
     if path.exists():
         saved = json.loads(path.read_text())
-        wanted = {**scoring_mode(mode), "gan_steps": dcgan.steps_done}
+        wanted = {**scoring_mode(search, job.flags.image_score), "gan_steps": dcgan.steps_done}
         if all(saved.get(key) == value for key, value in wanted.items()):
             return saved["threshold"], f"anomaly_test:{saved['threshold_source']}"
-    return held_out_threshold(mode, dcgan)
+    return held_out_threshold(job, dcgan, search)
 
 
-def export_model(args):
+def export_model(job):
     """Writes the SavedModel of the trained GAN and encoder (--export)."""
-    dcgan = trained_model(args)
+    flags = job.flags
+    dcgan = trained_model(job)
     check_encoder(dcgan, "--export")
-    threshold, source = export_threshold(args, dcgan)
-    spec = image_spec(args, dcgan.config)
+    search = one_pass(job.search_config)
+    threshold, source = export_threshold(job, dcgan, search)
+    spec = image_spec(job, dcgan)
     info = {"model": dataclasses.asdict(dcgan.config), "health": dcgan.health,
             "training_seed": dcgan.training_seed, "gan_steps": dcgan.steps_done,
             "encoder_steps": dcgan.encoder_steps_done, "threshold": threshold,
-            "threshold_source": source, "mode": scoring_mode(one_pass(args)),
+            "threshold_source": source, "mode": scoring_mode(search, flags.image_score),
             "input": {"size": spec.input_size, "crop": spec.crop},
             "output_size": spec.output_size, "value_range": spec.value_range}
-    folder = export.export_detector(dcgan, spec, one_pass(args).search_config,
-                                    args.image_score, threshold, info, args.export)
+    folder = export.export_detector(dcgan, spec, search, flags.image_score, threshold, info,
+                                    flags.export)
     print(f"exported to {folder}: threshold {threshold:.6g} ({source})")
 
 
-def run(args):
-    keras.utils.set_random_seed(args.seed)
-    if args.train:
-        train(args)
-    if args.train_encoder:
-        train_encoder(args)
-    if args.anomaly_test:
-        anomaly_test(args)
-    if args.visualize:
-        visualize(args)
-    if args.export:
-        export_model(args)
+def run(job):
+    flags = job.flags
+    keras.utils.set_random_seed(flags.seed)
+    if flags.train:
+        train(job)
+    if flags.train_encoder:
+        train_encoder(job)
+    if flags.anomaly_test:
+        anomaly_test(job)
+    if flags.visualize:
+        visualize(job)
+    if flags.export:
+        export_model(job)
 
 
 def main(argv=None):
@@ -766,4 +702,3 @@ def interrupt(signum, frame):
 
 if __name__ == "__main__":
     sys.exit(main())
-

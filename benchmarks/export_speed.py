@@ -22,7 +22,7 @@ import common
 import numpy as np
 import tensorflow as tf
 
-import utils
+import inputs
 
 
 def parse_args(argv=None):
@@ -58,7 +58,7 @@ def main(argv=None):
     metrics = json.loads((work / f"d{args.digit}" / "metrics.json").read_text())
     with open(work / f"d{args.digit}" / "scores.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    images, _ = utils.load_mnist(Path(args.data_dir) / "mnist", "test")
+    images, _ = inputs.load_mnist(Path(args.data_dir) / "mnist", "test")
     pixels = images[[int(row["file"].split("_")[1]) for row in rows]]
     serve = tf.saved_model.load(str(saved)).signatures["serving_default"]
     figures = {"digit": args.digit, "images": len(pixels),

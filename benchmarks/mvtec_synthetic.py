@@ -24,6 +24,8 @@ import numpy as np
 import synthetic
 from sklearn.metrics import roc_auc_score
 
+import evaluation
+import inputs
 import model
 import utils
 
@@ -38,13 +40,14 @@ def mean_image_baseline(category, size, image_scores, channels):
     def load(path):
         return utils.load_image(path, (size, size), (size, size), False, channels, (0.0, 1.0))
 
-    mean = np.mean([load(p) for p in utils.list_images(category / "train" / "good", "*.png")],
+    mean = np.mean([load(p) for p in inputs.list_images(category / "train" / "good", "*.png")],
                    axis=0)
-    source = utils.test_folder_source(category / "test", category / "test" / "none", channels,
-                                      mask_dir=category / "ground_truth")
-    maps = utils.anomaly_maps(np.stack([load(f) for f in source.files]), mean[None], (0.0, 1.0))
-    pixels = utils.PixelROC()
-    spec = utils.ImageSpec((size, size), (size, size))
+    source = inputs.test_folder_source(category / "test", category / "test" / "none", channels,
+                                       mask_dir=category / "ground_truth")
+    maps = evaluation.anomaly_maps(np.stack([load(f) for f in source.files]), mean[None],
+                                   (0.0, 1.0))
+    pixels = evaluation.PixelROC()
+    spec = inputs.ImageSpec((size, size), (size, size))
     pixels.add(maps, np.stack([utils.load_mask(m, spec) for m in source.masks]))
     figures = {"pixel_roc_auc": pixels.auc()}
     for kind in image_scores:

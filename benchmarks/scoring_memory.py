@@ -57,7 +57,7 @@ def write_mnist(folder, train, test, seed=0):
     folder.mkdir(parents=True, exist_ok=True)
     for split, count, labels in (("train", train, np.zeros(train)),
                                  ("test", test, rng.integers(0, 10, test))):
-        image_name, label_name = anogan.utils.MNIST_FILES[split]
+        image_name, label_name = anogan.inputs.MNIST_FILES[split]
         write_idx(folder / image_name, rng.integers(0, 256, (count, 28, 28)))
         write_idx(folder / label_name, labels)
 

@@ -20,7 +20,7 @@ import common
 import numpy as np
 from PIL import Image
 
-import utils
+import inputs
 
 MODES = {"recommended": ["--z_init", "encoder", "--test_epoch", "0", "--image_score", "top1"],
          "encoder_sum": ["--z_init", "encoder", "--test_epoch", "0"],
@@ -49,10 +49,10 @@ def write_pngs(images, folder, names):
 def write_folders(args, work):
     """The training folder and the labelled test folder, from MNIST."""
     rng = np.random.default_rng(args.seed)
-    train_images, train_labels = utils.load_mnist(Path(args.data_dir) / "mnist", "train")
+    train_images, train_labels = inputs.load_mnist(Path(args.data_dir) / "mnist", "train")
     chosen = rng.choice(np.flatnonzero(train_labels == args.digit), args.train, replace=False)
     write_pngs(train_images[chosen], work / "data" / "small", [f"{i:05d}" for i in chosen])
-    test_images, test_labels = utils.load_mnist(Path(args.data_dir) / "mnist", "test")
+    test_images, test_labels = inputs.load_mnist(Path(args.data_dir) / "mnist", "test")
     for folder, mask in (("normal", test_labels == args.digit),
                          ("anomaly", test_labels != args.digit)):
         picked = rng.choice(np.flatnonzero(mask), args.test // 2, replace=False)

@@ -9,6 +9,8 @@ import tensorflow as tf
 from conftest import write_images, write_mnist
 from PIL import Image
 
+import evaluation
+import inputs
 import main
 import model
 import utils
@@ -52,7 +54,7 @@ def test_labelled_folder_writes_every_output(trained):
     assert anomaly_test(flags, test_dir) == 0
     result_dir = test_dir / "test_result"
     rows = read_scores(result_dir)
-    assert list(rows[0]) == list(utils.SCORE_COLUMNS)
+    assert list(rows[0]) == list(evaluation.SCORE_COLUMNS)
     names = [r["file"] for r in rows]
     assert names == sorted(names) and len(rows) == 9
     assert [r["label"] for r in rows] == ["1"] * 4 + ["0"] * 5
@@ -150,7 +152,7 @@ def trained_model_and_images(root):
                         root / "checkpoint" / "rings_8_28_28")
     assert dcgan.load()
     test_dir = labelled_test_dir(root)
-    source = utils.test_folder_source(test_dir, test_dir / "test_result", 1)
+    source = inputs.test_folder_source(test_dir, test_dir / "test_result", 1)
     return dcgan, np.stack([utils.load_image(f, (28, 28), (28, 28), False, 1)
                             for f in source.files])
 
@@ -238,10 +240,10 @@ def test_one_class_conditional_model_searches_under_its_normal_digits_only(tmp_p
 
 def test_mnist_one_class_and_conditional_scoring(tmp_path):
     write_mnist(tmp_path / "data" / "mnist", train_per_digit=10, test_per_digit=3)
-    test_split = utils.mnist_test_source(tmp_path / "data" / "mnist", (0,))
+    test_split = inputs.mnist_test_source(tmp_path / "data" / "mnist", (0,))
     assert test_split.classes is None  # a one-class model is not told the test image's digit
     assert test_split.labels.tolist().count(0) == 3
-    assert set(utils.mnist_test_source(tmp_path / "data" / "mnist").classes) == set(range(10))
+    assert set(inputs.mnist_test_source(tmp_path / "data" / "mnist").classes) == set(range(10))
     common = ["--dataset", "mnist", "--input_height", "28", "--output_height", "28",
               "--batch_size", "8", "--z_dim", "8", *TINY, "--data_dir", str(tmp_path / "data"),
               "--checkpoint_dir", str(tmp_path / "ckpt"), "--log_dir", str(tmp_path / "logs"),

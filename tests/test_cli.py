@@ -59,13 +59,12 @@ def test_one_command_fetches_mnist_trains_and_scores_at_28(workdir, mnist_mirror
 
 def test_mnist_sizes_default_to_28_but_flags_win(workdir):
     parse = main.build_parser().parse_args
-    args = main.resolve(parse(["--dataset", "mnist", "--train"]))
-    assert (args.input_height, args.input_width, args.output_height, args.output_width) == (
-        28, 28, 28, 28)
-    args = main.resolve(parse(["--dataset", "MNIST", "--output_height", "32", "--train"]))
-    assert (args.input_height, args.output_height, args.output_width) == (28, 32, 32)
-    args = main.resolve(parse(["--dataset", "faces", "--train"]))
-    assert (args.input_height, args.output_height) == (108, 64)
+    data = main.resolve(parse(["--dataset", "mnist", "--train"])).data
+    assert (data.input_size, data.output_size) == ((28, 28), (28, 28))
+    data = main.resolve(parse(["--dataset", "MNIST", "--output_height", "32", "--train"])).data
+    assert (data.input_size[0], data.output_size) == (28, (32, 32))
+    data = main.resolve(parse(["--dataset", "faces", "--train"])).data
+    assert (data.input_size[0], data.output_size[0]) == (108, 64)
 
 
 def test_no_network_fails_in_one_line_and_leaves_nothing(workdir, closed_url, monkeypatch,

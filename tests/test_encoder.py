@@ -13,6 +13,7 @@ import tensorflow as tf
 from conftest import error_line, write_images, write_mnist
 from PIL import Image
 
+import inputs
 import main
 import model
 import ops
@@ -64,11 +65,11 @@ def labelled_test_dir(root):
 def test_round_trip_in_a_fresh_process_computes_exactly_the_same(tmp_path):
     source_dir = tmp_path / "data"
     write_images(source_dir, 16, 28, kind=0)
-    source = utils.folder_source(source_dir, "*.png")
+    source = inputs.folder_source(source_dir, "*.png")
     dcgan = model.DCGAN(CONFIG, tmp_path / "ckpt", model.TrainConfig(
         epochs=2, sample_dir=str(tmp_path / "s"), log_dir=str(tmp_path / "l")))
-    dataset = utils.make_dataset(source, utils.ImageSpec((28, 28), (28, 28)), 8, shuffle_seed=0,
-                                 drop_remainder=True)
+    dataset = inputs.make_dataset(source, inputs.ImageSpec((28, 28), (28, 28)), 8, shuffle_seed=0,
+                                  drop_remainder=True)
     dcgan.train(dataset, 2, 8, model.sample_inputs(CONFIG, 8))
     variance = dcgan.generator.bns[0].moving_variance.numpy()
     assert not np.allclose(variance, 1.0)  # training moved the statistics away from the start
@@ -129,9 +130,9 @@ def test_legacy_checkpoint_restores_weights_and_reestimates_statistics(workdir, 
     assert "was saved without batch-norm statistics" in err and "re-estimated them" in err
     assert (workdir / "test_data" / "test_result" / "metrics.json").exists()
 
-    source = utils.folder_source(workdir / "data" / "rings", "*.png")
-    dataset = utils.make_dataset(source, utils.ImageSpec((28, 28), (28, 28)), 8,
-                                 drop_remainder=True)
+    source = inputs.folder_source(workdir / "data" / "rings", "*.png")
+    dataset = inputs.make_dataset(source, inputs.ImageSpec((28, 28), (28, 28)), 8,
+                                  drop_remainder=True)
     legacy.estimate_statistics(dataset, 8, batches=60)
     assert not legacy.statistics_missing
     # G's first batch norm sees linear(z) for z ~ U(-1, 1): its statistics are those of that.

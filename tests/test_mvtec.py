@@ -8,6 +8,8 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+import evaluation
+import inputs
 import main
 import model
 import utils
@@ -81,12 +83,12 @@ def test_pixel_roc_matches_sklearn_and_ignores_maps_blind_to_the_defect():
     pointing = np.clip(0.3 * masks + rng.uniform(0, 0.5, masks.shape), 0, 1)
     blind = rng.uniform(0, 1, masks.shape)
     for maps, low, high in ((pointing, 0.85, 1.0), (blind, 0.42, 0.58)):
-        roc = utils.PixelROC()
+        roc = evaluation.PixelROC()
         for start in range(0, 6, 4):  # streamed in batches
             roc.add(maps[start:start + 4], masks[start:start + 4])
         expected = roc_auc_score(masks.ravel(), maps.ravel())
         assert roc.auc() == pytest.approx(expected, abs=2e-3) and low < roc.auc() < high
-    assert utils.PixelROC().auc() is None
+    assert evaluation.PixelROC().auc() is None
 
 
 def test_map_scores_equal_their_numpy_definitions():
@@ -113,8 +115,8 @@ def test_map_scores_favour_a_small_strong_defect_over_a_faint_everywhere_one():
 def test_per_type_auc_names_each_defect_folder_and_is_none_without_folders():
     names = ["good/a", "good/b", "spot/c", "scratch/d", "scratch/e", "f"]
     scores, labels = np.array([1, 2, 3, 0, 4, 9.0]), np.array([0, 0, 1, 1, 1, 1])
-    assert utils.per_type_roc_auc(names, scores, labels) == {"scratch": 0.5, "spot": 1.0}
-    assert utils.per_type_roc_auc(["a", "b", "c"], np.arange(3.0), np.array([0, 1, 1])) is None
+    assert evaluation.per_type_roc_auc(names, scores, labels) == {"scratch": 0.5, "spot": 1.0}
+    assert evaluation.per_type_roc_auc(["a", "b", "c"], np.arange(3.0), np.array([0, 1, 1])) is None
 
 
 def test_masks_are_cropped_and_resized_as_images_are(tmp_path):
@@ -122,21 +124,21 @@ def test_masks_are_cropped_and_resized_as_images_are(tmp_path):
     mask[18:22, 18:22] = 255
     mask[0:4, 0:4] = 255  # outside the centre crop
     Image.fromarray(mask).save(tmp_path / "m.png")
-    cropped = utils.load_mask(tmp_path / "m.png", utils.ImageSpec((20, 20), (10, 10), crop=True))
+    cropped = utils.load_mask(tmp_path / "m.png", inputs.ImageSpec((20, 20), (10, 10), crop=True))
     assert cropped.shape == (10, 10) and cropped.dtype == bool
     assert cropped.sum() == 4 and cropped[4:6, 4:6].all()
-    whole = utils.load_mask(tmp_path / "m.png", utils.ImageSpec((40, 40), (20, 20)))
+    whole = utils.load_mask(tmp_path / "m.png", inputs.ImageSpec((40, 40), (20, 20)))
     assert whole[0:2, 0:2].all() and set(np.unique(whole)) == {False, True}
-    assert not utils.load_mask(None, utils.ImageSpec((40, 40), (20, 20))).any()
+    assert not utils.load_mask(None, inputs.ImageSpec((40, 40), (20, 20))).any()
 
 
 def test_masks_found_beside_any_test_folder(tmp_path):
     synthetic.write_texture_set(tmp_path / "set", size=16, train=1, test_good=2, test_defects=2)
-    source = utils.test_folder_source(tmp_path / "set" / "test", tmp_path / "none", 1,
-                                      mask_dir=tmp_path / "set" / "ground_truth")
+    source = inputs.test_folder_source(tmp_path / "set" / "test", tmp_path / "none", 1,
+                                       mask_dir=tmp_path / "set" / "ground_truth")
     assert [m is not None for m in source.masks] == [False] * 2 + [True] * 4
     assert source.masks[2].endswith("ground_truth/scratch/000_mask.png")
     assert source.subset([3, 0]).masks == [source.masks[3], None]
-    plain = utils.test_folder_source(tmp_path / "set" / "test", tmp_path / "none", 1)
+    plain = inputs.test_folder_source(tmp_path / "set" / "test", tmp_path / "none", 1)
     assert plain.masks is None
     assert model.SearchResult(*[np.zeros(1)] * 4, {0: 1, 5: 2}).final == 2

@@ -18,6 +18,8 @@ from conftest import TINY_FLAGS, error_line, exit_code, read_scores, write_image
 from PIL import Image
 
 import download
+import evaluation
+import inputs
 import main
 import model
 import utils
@@ -109,7 +111,7 @@ def test_sixteen_bit_images_are_scaled_by_their_range_and_alpha_is_composited(tm
     Image.fromarray(shape, "RGBA").save(tmp_path / "alpha.png")
     pixels = utils.load_image(tmp_path / "alpha.png", (28, 28), (28, 28), False, 3, (0.0, 1.0))
     assert pixels[14, 14].max() == 0.0 and pixels[0, 0].min() == 1.0
-    assert utils.readable_images([str(tmp_path / "alpha.png"), str(tmp_path / "deep.png")])
+    assert inputs.readable_images([str(tmp_path / "alpha.png"), str(tmp_path / "deep.png")])
     assert "1 of 2 images are transparent" in capsys.readouterr().err
 
 
@@ -199,7 +201,7 @@ def test_an_interrupted_anomaly_test_leaves_the_old_results_whole(tiny_detector,
     assert main.main(run) == 0
     before = digests(test_dir)
     added = []
-    original = utils.AnomalyReport.add
+    original = evaluation.AnomalyReport.add
 
     def interrupted(self, *args, **kwargs):
         added.append(1)
@@ -207,12 +209,12 @@ def test_an_interrupted_anomaly_test_leaves_the_old_results_whole(tiny_detector,
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(utils.AnomalyReport, "add", interrupted)
+    monkeypatch.setattr(evaluation.AnomalyReport, "add", interrupted)
     capsys.readouterr()
     assert main.main(run) == 130
     assert "earlier results and checkpoints are unchanged" in capsys.readouterr().err
     assert {k: v for k, v in digests(test_dir).items() if not k.startswith(".")} == before
-    monkeypatch.setattr(utils.AnomalyReport, "add", original)
+    monkeypatch.setattr(evaluation.AnomalyReport, "add", original)
     assert main.main(run) == 0  # the next run cleans the hidden staging folder up
     assert [p.name for p in test_dir.iterdir() if p.name.startswith(".")] == []
 

@@ -13,6 +13,8 @@ import pytest
 import tensorflow as tf
 from conftest import error_line, exit_code, write_images
 
+import evaluation
+import inputs
 import main
 import model
 import utils
@@ -52,7 +54,7 @@ def test_corrupt_and_truncated_images_are_skipped_with_a_count(workdir, capsys):
     paths = write_images(workdir / "data" / "gray", 12, 28)
     paths[0].write_bytes(b"not an image at all")
     paths[1].write_bytes(paths[1].read_bytes()[:60])
-    source = utils.folder_source(workdir / "data" / "gray", "*.png")
+    source = inputs.folder_source(workdir / "data" / "gray", "*.png")
     assert len(source) == 10 and str(paths[0]) not in source.files
     err = capsys.readouterr().err
     assert err.startswith("warning: skipped 2 of 12 images that cannot be read")
@@ -178,17 +180,17 @@ def fake_result(scores):
 
 
 def test_interrupted_report_leaves_old_scores_intact_and_reruns(tmp_path):
-    source = utils.ImageSource(names=["a.png", "b.png", "c.png"], channels=1,
-                               labels=np.array([0, 1, 1]))
+    source = inputs.ImageSource(names=["a.png", "b.png", "c.png"], channels=1,
+                                labels=np.array([0, 1, 1]))
     (tmp_path / "scores.csv").write_text("old complete results\n")
-    report = utils.AnomalyReport(tmp_path, source, (-1.0, 1.0))
+    report = evaluation.AnomalyReport(tmp_path, source, (-1.0, 1.0))
     report.add(*fake_result([1.0, 5.0]))
     report.images_written.close()  # a killed process writes nothing more
     # Interrupted here: the old scores.csv is untouched, the partial rows stay hidden.
     assert (tmp_path / "scores.csv").read_text() == "old complete results\n"
     assert report.result_dir.name.startswith(f".{tmp_path.name}.partial-")
     assert (report.result_dir / ".scores.partial.csv").read_text().count("\n") == 3
-    report = utils.AnomalyReport(tmp_path, source, (-1.0, 1.0))
+    report = evaluation.AnomalyReport(tmp_path, source, (-1.0, 1.0))
     report.add(*fake_result([1.0, np.nan]))
     report.add(*fake_result([3.0]))
     metrics = report.finish(2.0, "manual", {})

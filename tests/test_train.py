@@ -9,9 +9,9 @@ import pytest
 from conftest import write_images, write_mnist
 from PIL import Image
 
+import inputs
 import main
 import model
-import utils
 
 TINY = ["--gf_dim", 8, "--df_dim", 8, "--retries", 0, "--encoder_min_steps", 0]
 
@@ -32,13 +32,13 @@ def checkpoint_steps(folder):
 
 def test_gray_28_trains_with_finite_losses_and_writes_checkpoint(workdir):
     write_images(workdir / "data" / "gray", 32, 28)
-    source = utils.folder_source(workdir / "data" / "gray", "*.png")
+    source = inputs.folder_source(workdir / "data" / "gray", "*.png")
     assert source.channels == 1
     config = model.ModelConfig(28, 28, source.channels, gf_dim=8, df_dim=8)
     dcgan = model.DCGAN(config, workdir / "ckpt", model.TrainConfig(epochs=2, sample_every=4,
                                                                     sample_dir="s", log_dir="l"))
-    dataset = utils.make_dataset(source, utils.ImageSpec((28, 28), (28, 28)), 8, shuffle_seed=0,
-                                 drop_remainder=True)
+    dataset = inputs.make_dataset(source, inputs.ImageSpec((28, 28), (28, 28)), 8, shuffle_seed=0,
+                                  drop_remainder=True)
     history = dcgan.train(dataset, 4, 8, model.sample_inputs(config, 8))
     assert len(history) == 8
     assert all(math.isfinite(d) and math.isfinite(g) for d, g in history)
@@ -109,7 +109,7 @@ def test_conditional_mnist_trains_on_idx_files(workdir):
 
 def test_one_class_mnist_trains_the_conditional_model_on_chosen_digits(workdir, capsys):
     write_mnist(workdir / "data" / "mnist", train_per_digit=12)
-    source = utils.mnist_source(workdir / "data" / "mnist", "train", (1, 7))
+    source = inputs.mnist_source(workdir / "data" / "mnist", "train", (1, 7))
     assert len(source) == 24 and set(source.classes) == {1, 7}
     flags = ["--dataset", "mnist", "--input_height", 28, "--output_height", 28,
              "--normal_class", "1,7", "--batch_size", 8, "--epoch", 1, *TINY]

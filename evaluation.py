@@ -1,0 +1,341 @@
+"""The anomaly test's outputs and metrics.
+
+What it owns: ``AnomalyReport`` (per-image AD_/AD_error_ PNGs written in the background,
+scores.csv, metrics.json and the plots, in a staging folder published whole), the residual maps,
+the metrics (ROC and PR AUC, F1, the pixel-level ``PixelROC``, the per-defect-type AUC) and the
+results in TensorBoard (``log_results``). The figures are drawn by plots.py, imported only when
+they are.
+"""
+
+import csv
+import heapq
+import os
+import shutil
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+import inputs
+import utils
+
+SCORE_COLUMNS = ("file", "label", "anomaly_score", "residual_loss", "discrimination_loss",
+                 "is_anomaly")
+LABEL_STYLES = {0: ("normal", "tab:blue"), 1: ("anomalous", "tab:red"), -1: ("unlabelled", "gray")}
+
+
+def result_name(name):
+    """A flat PNG file name for an input image's (relative) name."""
+    return Path(name.replace("/", "_").replace("\\", "_")).stem + ".png"
+
+
+def unique_result_names(names):
+    """``result_name`` of each input, made distinct where two flatten alike (anomaly/000.png
+    and anomaly_000.png; compared without case): later ones get a -2, -3, ... suffix."""
+    seen, unique = set(), []
+    for name in names:
+        base = candidate = result_name(name)
+        count = 1
+        while candidate.lower() in seen:
+            count += 1
+            candidate = f"{Path(base).stem}-{count}.png"
+        seen.add(candidate.lower())
+        unique.append(candidate)
+    return unique
+
+
+def residual_map(images, fakes, value_range):
+    """|x - G(z)| scaled to [0, 1], as the original's AD_error images."""
+    low, high = value_range
+    return np.abs(np.asarray(images) - np.asarray(fakes)) / (high - low)
+
+
+def anomaly_maps(images, fakes, value_range):
+    """The per-pixel residual |x - G(z)| averaged over channels, in [0, 1]: (n, h, w)."""
+    return residual_map(images, fakes, value_range).mean(axis=-1)
+
+
+class PixelROC:
+    """ROC AUC over every pixel of every test image, streamed in flat memory.
+
+    Per-pixel scores in [0, 1] are counted into ``bins`` equal bins, for defective and for
+    normal pixels; pairs within one bin count as ties (half), so the AUC is exact at the bins'
+    resolution (1/4096 of the range by default).
+    """
+
+    def __init__(self, bins=4096):
+        self.bins = bins
+        self.defective = np.zeros(bins, np.int64)
+        self.normal = np.zeros(bins, np.int64)
+
+    def add(self, maps, masks):
+        """Counts the pixels of ``maps`` (n, h, w) in [0, 1] by their masks (n, h, w) bool."""
+        index = np.clip((np.asarray(maps) * self.bins).astype(np.int64), 0, self.bins - 1)
+        self.defective += np.bincount(index[masks], minlength=self.bins)
+        self.normal += np.bincount(index[~masks], minlength=self.bins)
+
+    def auc(self):
+        """The ROC AUC, or None unless both kinds of pixel were seen."""
+        defective, normal = self.defective.sum(), self.normal.sum()
+        if not defective or not normal:
+            return None
+        below = np.cumsum(self.normal) - self.normal
+        return float((self.defective * (below + 0.5 * self.normal)).sum()
+                     / (float(defective) * float(normal)))
+
+
+class BackgroundWriter:
+    """Runs writing jobs on one background thread, at most ``pending`` at a time.
+
+    File writes overlap the next batch's computation; ``submit`` waits while ``pending`` jobs
+    are queued (memory stays flat) and ``close`` waits for all and ends the thread. A failed
+    job's error is raised by the next ``submit`` or ``close``.
+    """
+
+    def __init__(self, pending=2):
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending = pending
+        self.jobs = []
+
+    def submit(self, fn, *args):
+        while len(self.jobs) >= self.pending:
+            self.jobs.pop(0).result()
+        self.jobs.append(self.pool.submit(fn, *args))
+
+    def close(self):
+        try:
+            while self.jobs:
+                self.jobs.pop(0).result()
+        finally:
+            self.pool.shutdown()
+
+
+class AnomalyReport:
+    """Writes the anomaly test's outputs as batches arrive, and its summary at the end.
+
+    Everything is written into a hidden staging folder beside ``result_dir``, which replaces
+    ``result_dir`` whole at the end: a run's results appear together or not at all. Per image
+    it writes the original's AD_/AD_error_ PNGs at once (distinct names even where two inputs'
+    flattened names are alike); scores go to a partial CSV as they come, and ``finish`` writes
+    scores.csv (with ``is_anomaly``), metrics.json and the plots, then publishes the folder.
+    When the source has ground-truth masks, ``mask_spec`` (the images' ``ImageSpec``) reads
+    them batch by batch for the pixel-level ROC AUC. Memory stays flat: only scalars, final z,
+    pixel histograms and the few worst images for the overview are kept.
+    """
+
+    def __init__(self, result_dir, source, value_range, overview_rows=8, mask_spec=None):
+        self.final_dir = Path(result_dir)
+        self.final_dir.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.final_dir.parent.glob(f".{self.final_dir.name}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        self.result_dir = Path(tempfile.mkdtemp(prefix=f".{self.final_dir.name}.partial-",
+                                                dir=self.final_dir.parent))
+        self.output_names = unique_result_names(source.names)
+        self.images_written = BackgroundWriter()
+        self.source, self.value_range, self.overview_rows = source, value_range, overview_rows
+        self.mask_spec = mask_spec if source.masks is not None else None
+        self.pixels = PixelROC()
+        self.partial_path = self.result_dir / ".scores.partial.csv"
+        self.partial = open(self.partial_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self.partial_csv = csv.writer(self.partial)
+        self.partial_csv.writerow(SCORE_COLUMNS[:-1])
+        self.scores, self.residuals, self.discriminations, self.z = [], [], [], []
+        self.worst = []
+        self.threshold = None
+
+    def __len__(self):
+        return sum(len(s) for s in self.scores)
+
+    def add(self, images, result, maps=None):
+        """Records one batch: its inputs (in the model's value range), ``SearchResult`` and
+        anomaly maps of the final G(z) (``anomaly_maps``; computed when not given)."""
+        start = len(self)
+        names = self.source.names[start:start + len(images)]
+        labels = self._labels()[start:start + len(images)]
+        self.images_written.submit(self._save_images,
+                                   self.output_names[start:start + len(images)],
+                                   result.snapshots,
+                                   {step: residual_map(images, fakes, self.value_range)
+                                    for step, fakes in result.snapshots.items()})
+        for row in zip(names, labels, result.score, result.residual, result.discrimination):
+            self.partial_csv.writerow([row[0], "" if row[1] < 0 else int(row[1]),
+                                       *(f"{v:.6g}" for v in row[2:])])
+        self.partial.flush()
+        self.scores.append(result.score)
+        self.residuals.append(result.residual)
+        self.discriminations.append(result.discrimination)
+        self.z.append(result.z)
+        final = result.final
+        if self.mask_spec is not None:
+            maps = anomaly_maps(images, final, self.value_range) if maps is None else maps
+            masks = self.source.masks[start:start + len(images)]
+            known = [m is not None or label == 0 for m, label in zip(masks, labels)]
+            if any(known):
+                self.pixels.add(maps[known], np.stack([utils.load_mask(m, self.mask_spec)
+                                                       for m, k in zip(masks, known) if k]))
+        for offset, score in enumerate(result.score):
+            score = float(score) if np.isfinite(score) else -np.inf
+            entry = (score, start + offset, images[offset], final[offset])
+            if len(self.worst) < self.overview_rows:
+                heapq.heappush(self.worst, entry)
+            elif score > self.worst[0][0]:
+                heapq.heapreplace(self.worst, entry)
+
+    def _save_images(self, names, snapshots, errors):
+        """The original's AD_<step>_<name> (G(z)) and AD_error_<step>_<name> PNGs of a batch."""
+        for step, fakes in snapshots.items():
+            fakes = utils.to_pixels(utils.rescale(np.asarray(fakes), self.value_range))
+            for name, fake, error in zip(names, fakes, utils.to_pixels(errors[step])):
+                utils.save_png(fake, self.result_dir / f"AD_{step}_{name}")
+                utils.save_png(error, self.result_dir / f"AD_error_{step}_{name}")
+
+    def _labels(self):
+        if self.source.labels is None:
+            return np.full(len(self.source), -1, np.int64)
+        return self.source.labels
+
+    def all_scores(self):
+        return np.concatenate(self.scores) if self.scores else np.zeros(0, np.float32)
+
+    def normal_scores(self):
+        """Scores of the images labelled normal."""
+        labels = self._labels()[:len(self)]
+        return self.all_scores()[labels == 0]
+
+    def non_finite(self):
+        """Names of images whose score is NaN or infinite."""
+        return [self.source.names[i] for i in np.flatnonzero(~np.isfinite(self.all_scores()))]
+
+    def finish(self, threshold, threshold_source, extra, tensorboard=None):
+        """Writes scores.csv, metrics.json and the plots; returns the metrics.
+
+        ``tensorboard``: (log_dir, step, name) to log the results there too (``log_results``).
+        """
+        self.images_written.close()
+        self.partial.close()
+        self.threshold = threshold
+        scores = self.all_scores()
+        labels = self._labels()[:len(scores)]
+        flagged = scores > threshold
+        rows = zip(self.source.names, labels, scores, np.concatenate(self.residuals),
+                   np.concatenate(self.discriminations), flagged)
+        with (utils.atomic_path(self.result_dir / "scores.csv") as tmp,
+              open(tmp, "w", newline="", encoding="utf-8") as handle):
+            writer = csv.writer(handle)
+            writer.writerow(SCORE_COLUMNS)
+            for name, label, score, residual, discrimination, anomalous in rows:
+                writer.writerow([name, "" if label < 0 else int(label), f"{score:.6g}",
+                                 f"{residual:.6g}", f"{discrimination:.6g}", int(anomalous)])
+        os.remove(self.partial_path)
+        metrics = {"n": len(scores), "n_anomalous": int(flagged.sum()),
+                   "n_labelled_anomalous": int((labels == 1).sum()),
+                   **evaluate(scores, labels, flagged),
+                   "pixel_roc_auc": self.pixels.auc(),
+                   "per_type_roc_auc": per_type_roc_auc(self.source.names[:len(scores)], scores,
+                                                        labels),
+                   "threshold": float(threshold), "threshold_source": threshold_source,
+                   **extra, "non_finite": self.non_finite()}
+        utils.write_json(self.result_dir / "metrics.json", metrics)
+        self._plots(scores, labels, threshold, metrics)
+        self._publish()
+        if tensorboard is not None:
+            log_dir, step, name = tensorboard
+            try:
+                log_results(log_dir, step, name, scores, labels, metrics,
+                            self.result_dir / "overview.png")
+            except (OSError, tf.errors.OpError) as error:
+                print(f"warning: the results are in {self.result_dir}, but TensorBoard's copy "
+                      f"could not be written to {log_dir} ({str(error).splitlines()[0]})",
+                      file=sys.stderr)
+        return metrics
+
+    def _publish(self):
+        """Replaces the results folder by the staging folder (two renames)."""
+        old = self.final_dir.with_name(f".{self.final_dir.name}.old-{os.getpid()}")
+        if self.final_dir.exists():
+            os.replace(self.final_dir, old)
+        os.replace(self.result_dir, self.final_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        self.result_dir = self.final_dir
+
+    def rows(self):
+        """(name, score, is_anomaly) of every scored image, once ``finish`` has run."""
+        scores = self.all_scores()
+        return list(zip(self.source.names, scores, scores > self.threshold))
+
+    def _plots(self, scores, labels, threshold, metrics):
+        import plots  # matplotlib, only when plots are drawn
+
+        plots.histogram(scores, labels, threshold, self.result_dir / "scores_hist.png")
+        plots.overview(sorted(self.worst, reverse=True), self.source, self.value_range,
+                      self.result_dir / "overview.png", self.mask_spec)
+        known = labels >= 0
+        if metrics["roc_auc"] is not None:
+            plots.roc(scores[known], labels[known], metrics["roc_auc"],
+                     self.result_dir / "roc.png")
+        if known.sum() >= 5:
+            plots.tsne(np.concatenate(self.z)[known], labels[known], self.result_dir / "tsne.png")
+
+
+def log_results(log_dir, step, name, scores, labels, metrics, overview_path):
+    """The anomaly test's results as TensorBoard summaries under ``test/<name>/``.
+
+    Metrics as scalars, score histograms per label, the precision-recall curve (TensorBoard's
+    pr_curve plugin; scores min-max scaled to [0, 1], which keeps their order) when both labels
+    are known, and the overview grid as an image, at the model's training ``step``.
+    """
+    from tensorboard.plugins.pr_curve import summary as pr_curve
+
+    prefix = f"test/{name}"
+    finite = np.isfinite(scores)
+    writer = tf.summary.create_file_writer(str(log_dir))
+    with writer.as_default(step=step):
+        for key in ("roc_auc", "pr_auc", "f1", "threshold", "n_anomalous", "images_per_second"):
+            if metrics.get(key) is not None:
+                tf.summary.scalar(f"{prefix}/{key}", metrics[key])
+        for value, (label_name, _) in LABEL_STYLES.items():
+            chosen = scores[finite & (labels == value)]
+            if len(chosen):
+                tf.summary.histogram(f"{prefix}/scores_{label_name}", chosen)
+        known = finite & (labels >= 0)
+        if metrics.get("roc_auc") is not None:
+            ranked = scores[known]
+            unit = (ranked - ranked.min()) / max(float(ranked.max() - ranked.min()), 1e-12)
+            summary = pr_curve.pb(prefix, labels[known].astype(bool), unit,
+                                  num_thresholds=201)
+            tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=step)
+        with Image.open(overview_path) as image:
+            tf.summary.image(f"{prefix}/overview", np.asarray(image.convert("RGB"))[None])
+    writer.close()
+
+
+def evaluate(scores, labels, flagged):
+    """ROC AUC, PR AUC and F1 over the labelled images; None without both classes."""
+    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+    known = (labels >= 0) & np.isfinite(scores)
+    y, s = labels[known], scores[known]
+    if len(np.unique(y)) < 2:
+        return {"roc_auc": None, "pr_auc": None, "f1": None}
+    return {"roc_auc": float(roc_auc_score(y, s)), "pr_auc": float(average_precision_score(y, s)),
+            "f1": float(f1_score(y, flagged[known]))}
+
+
+def per_type_roc_auc(names, scores, labels):
+    """Image-level ROC AUC of the normal images against each defect type (first folder), or
+    None without both normal images and anomalous ones in named folders (MNIST's split has
+    none)."""
+    from sklearn.metrics import roc_auc_score
+
+    types = np.array([inputs.defect_type(name) for name in names])
+    finite = np.isfinite(scores)
+    normal = finite & (labels == 0)
+    defects = sorted(set(types[finite & (labels == 1)]) - {""})
+    if not normal.any() or not defects:
+        return None
+    return {kind: float(roc_auc_score(labels[chosen], scores[chosen]))
+            for kind in defects for chosen in [normal | (finite & (types == kind))]}

@@ -32,6 +32,7 @@ def save(figure, path):
 
 
 def histogram(scores, labels, threshold, path):
+    """The scores of normal, anomalous and unlabelled images, and the threshold."""
     figure, axes = plt.subplots(figsize=(6, 4))
     finite = np.isfinite(scores)
     bins = np.histogram_bin_edges(scores[finite], bins=40) if finite.any() else 10
@@ -46,6 +47,7 @@ def histogram(scores, labels, threshold, path):
 
 
 def roc(scores, labels, auc, path):
+    """The ROC curve of labelled scores, with its AUC."""
     from sklearn.metrics import roc_curve
 
     finite = np.isfinite(scores)

@@ -76,7 +76,7 @@ def parse_args(argv=None):
     parser.add_argument("--digits", type=int_list, default=list(range(10)))
     parser.add_argument("--seeds", type=int_list, default=[0])
     parser.add_argument("--epochs", type=int, default=5, help="GAN training epochs")
-    parser.add_argument("--gan", choices=anogan.model.GANS, default="dcgan")
+    parser.add_argument("--gan", choices=anogan.config.GANS, default="dcgan")
     parser.add_argument("--retries", type=int, default=None, help="[main.py's default]")
     parser.add_argument("--test_size", type=int, default=1000)
     parser.add_argument("--test_epoch", type=int, default=100, help="search steps of a and c")

@@ -1,0 +1,425 @@
+"""The jobs of one command, in the order they run: train the GAN (with retries when its health
+check fails), train the encoder, the anomaly test (scores, automatic threshold, report), the
+original's visualisations and the SavedModel export.
+
+Each takes the ``Job`` that main.py resolves from the flags once: the flags, the data
+(``inputs.DataSpec``), the checkpoint folder and the configurations. ``UsageError`` is a job
+(or a flag) that cannot be done as asked.
+"""
+
+import argparse
+import dataclasses
+import errno
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import config
+import evaluation
+import export
+import health
+import inputs
+import losses
+import model
+import runtime
+import samples
+import utils
+
+
+class UsageError(Exception):
+    """Flags that contradict each other or are out of range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One command, resolved once from its flags (main.py's ``resolve``) and handed to every
+    job: the flags as parsed, the data they name, the model's checkpoint folder and the
+    configurations they make (``model_config`` with three channels until the images tell)."""
+
+    flags: argparse.Namespace
+    data: inputs.DataSpec
+    checkpoint_dir: Path
+    model_config: config.ModelConfig
+    train_config: config.TrainConfig
+    search_config: config.SearchConfig
+
+
+def check_writable(folder, flag):
+    """UsageError unless files can be written into ``folder``, or into the nearest folder
+    above it that exists (nothing is created)."""
+    existing = next(p for p in (Path(folder), *Path(folder).parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UsageError(f"{flag} {folder} is not writable ({error.strerror or error}): fix "
+                         "its permissions or choose another folder") from None
+
+
+def training_split(job):
+    """The training images, split (``DataSpec.training_split``), with the images used per
+    epoch (capped by --train_size) and the steps per epoch: (all, trained on, held out, used
+    per epoch, steps per epoch)."""
+    source, train, held_out = job.data.training_split()
+    usable = int(min(len(train), job.flags.train_size))
+    steps_per_epoch = usable // job.flags.batch_size
+    if steps_per_epoch == 0:
+        raise UsageError(f"{usable} training images are fewer than --batch_size "
+                         f"{job.flags.batch_size}: lower --batch_size or add images")
+    return source, train, held_out, usable, steps_per_epoch
+
+
+def image_spec(job, dcgan):
+    """How ``job``'s images become inputs of ``dcgan`` (its value range)."""
+    return job.data.image_spec(dcgan.config.value_range)
+
+
+def training_dataset(job, dcgan, images, seed=None):
+    """Shuffled training batches of ``images`` for ``dcgan`` (the last partial one dropped),
+    shuffled by ``seed`` (default --seed)."""
+    return inputs.make_dataset(images, image_spec(job, dcgan), job.flags.batch_size,
+                               y_dim=dcgan.config.y_dim,
+                               shuffle_seed=job.flags.seed if seed is None else seed,
+                               drop_remainder=True)
+
+
+def build_model(job, channels):
+    """The DCGAN for these flags with ``channels``, restored from its checkpoint when one
+    exists.
+
+    A checkpoint saved without batch-norm statistics gets them re-estimated from the
+    training images, with a warning.
+    """
+    flags = job.flags
+    dcgan = model.DCGAN(dataclasses.replace(job.model_config, c_dim=channels),
+                        job.checkpoint_dir, job.train_config,
+                        strategy=runtime.make_strategy(flags.strategy, flags.devices))
+    restored = dcgan.load()
+    for line in dcgan.warnings:
+        print(line, file=sys.stderr)
+    if dcgan.statistics_missing:
+        _, train, _, usable, _ = training_split(job)
+        batches = 50
+        dcgan.estimate_statistics(training_dataset(job, dcgan, train), flags.batch_size,
+                                  batches, flags.seed)
+        print(f"warning: {dcgan.manager.latest_checkpoint} was saved without batch-norm "
+              f"statistics (an older version): re-estimated them on {batches} batches of the "
+              f"{usable} training images; the next checkpoint saves them", file=sys.stderr)
+    return dcgan, restored
+
+
+def health_images(job, dcgan, train, held_out):
+    """The real images of the health check (``health.RealImages``), or None for fewer than 4
+    training images: up to 256 training images as queries, up to 1,000 others as references,
+    and up to 64 held-out images (training images when none are held out)."""
+    if len(train) < 4:
+        return None
+    order = np.random.default_rng(job.flags.seed).permutation(len(train))
+    queries = order[:min(256, len(train) // 2)]
+    references = order[len(queries):len(queries) + 1000]
+    shown = held_out if len(held_out) else train.subset(queries)
+
+    def arrays(source):
+        return inputs.arrays(source, image_spec(job, dcgan), dcgan.config.y_dim)
+
+    held_images, held_labels = arrays(shown.subset(range(min(64, len(shown)))))
+    return health.RealImages(arrays(train.subset(np.sort(queries)))[0],
+                             arrays(train.subset(np.sort(references)))[0], held_images,
+                             held_labels, dcgan.config.value_range)
+
+
+def warn(result, what="training", gan="dcgan"):
+    """Prints a failed health verdict's warning line on stderr."""
+    line = health.warning_line(result, what, gan)
+    if line:
+        print(line, file=sys.stderr)
+
+
+def train(job):
+    """Trains the GAN; when its health check fails at the end of a training begun here, starts
+    again with the next seed, up to --retries times (the failed one is set aside)."""
+    flags = job.flags
+    source, train_images, held_out, usable, steps_per_epoch = training_split(job)
+    check_writable(flags.sample_dir, "--sample_dir")
+    check_writable(job.train_config.log_dir, "--log_dir")
+    for attempt in range(flags.retries + 1):
+        dcgan, resumed = build_model(job, source.channels)
+        result = train_once(job, dcgan, resumed, train_images, held_out, usable,
+                            steps_per_epoch, flags.seed + attempt)
+        if result is None or result["passed"] or resumed or attempt == flags.retries:
+            break
+        rejected = dcgan.set_aside(f"rejected_seed{flags.seed + attempt}")
+        print(f"training with --seed {flags.seed + attempt} failed its health check (kept in "
+              f"{rejected}): training again with seed {flags.seed + attempt + 1}")
+        keras.utils.set_random_seed(flags.seed + attempt + 1)
+    print(f"checkpoint: {dcgan.manager.latest_checkpoint} (seed {dcgan.training_seed})")
+
+
+def train_once(job, dcgan, resumed, train_images, held_out, usable, steps_per_epoch, seed):
+    """Trains (or resumes) one GAN; returns its final health verdict (None without one)."""
+    flags = job.flags
+    reals = health_images(job, dcgan, train_images, held_out)
+    with dcgan.exclusive():
+        if resumed:
+            seed = dcgan.training_seed if dcgan.training_seed is not None else seed
+            print(f"resuming from step {dcgan.steps_done} in {dcgan.checkpoint_dir}")
+        if dcgan.steps_done >= flags.epoch * steps_per_epoch:
+            print(f"already trained {dcgan.steps_done} steps ({flags.epoch} epochs): raise "
+                  "--epoch to train more")
+            if dcgan.health["gan"] is None and reals is not None:
+                dcgan.training_seed = seed if dcgan.training_seed is None else dcgan.training_seed
+                dcgan.check_health(reals, "gan")
+                dcgan.write_config()
+        else:
+            print(f"training on {usable} images of {flags.dataset}, {steps_per_epoch} steps per "
+                  f"epoch, seed {seed}")
+            dcgan.train(training_dataset(job, dcgan, train_images, seed), steps_per_epoch,
+                        flags.batch_size,
+                        samples.sample_inputs(dcgan.config, flags.batch_size, seed), seed=seed,
+                        reals=reals)
+    warn(dcgan.health["gan"], gan=dcgan.config.gan)
+    return dcgan.health["gan"]
+
+
+def train_encoder(job):
+    source, train_images, held_out, usable, steps_per_epoch = training_split(job)
+    check_writable(job.flags.sample_dir, "--sample_dir")
+    check_writable(job.train_config.log_dir, "--log_dir")
+    dcgan, restored = build_model(job, source.channels)
+    if not restored:
+        raise UsageError(f"no trained GAN in {dcgan.checkpoint_dir}: train it first (--train "
+                         "with the same --dataset and sizes), then --train_encoder")
+    epochs = job.train_config.encoder_epochs_for(steps_per_epoch)
+    with dcgan.exclusive():
+        trained_for = dcgan.encoder_trained_for
+        if trained_for not in (None, dcgan.steps_done):
+            print(f"the encoder was trained for G at step {trained_for}; G is now at step "
+                  f"{dcgan.steps_done}: training it again")
+        elif dcgan.encoder_steps_done >= epochs * steps_per_epoch:
+            print(f"encoder already trained {dcgan.encoder_steps_done} steps ({epochs} epochs): "
+                  "raise --encoder_epoch or --encoder_min_steps to train more")
+            warn(dcgan.health["encoder"], "encoder")
+            return
+        elif dcgan.encoder_steps_done:
+            print(f"resuming the encoder from step {dcgan.encoder_steps_done}")
+        print(f"training the encoder on {usable} images of {job.flags.dataset}: {epochs} epochs "
+              f"of {steps_per_epoch} steps")
+        reals = health_images(job, dcgan, train_images, held_out)
+        shown = held_out if len(held_out) else train_images
+        samples = inputs.arrays(shown.subset(range(min(32, len(shown)))), image_spec(job, dcgan),
+                                dcgan.config.y_dim)
+        dcgan.train_encoder(training_dataset(job, dcgan, train_images), steps_per_epoch,
+                            job.flags.batch_size, samples, reals)
+    result = dcgan.health["encoder"]
+    if result is not None:
+        print("encoder health: " + health.summary_line(result))
+    warn(result, "encoder")
+    print(f"encoder checkpoint: {dcgan.encoder_manager.latest_checkpoint}")
+
+
+def saved_channels(job):
+    """The channel count in the checkpoint's config.json, or None without a usable one."""
+    try:
+        channels = json.loads((job.checkpoint_dir / "config.json").read_text()).get("c_dim")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return channels if channels in (1, 3) else None
+
+
+def trained_model(job):
+    """A restored DCGAN, or UsageError telling to train first. Its channel count comes from
+    its config.json, else from the training images (read without decoding them)."""
+    channels = saved_channels(job) or job.data.training_source(check=False).channels
+    dcgan, restored = build_model(job, channels)
+    if not restored:
+        raise UsageError(f"no checkpoint in {dcgan.checkpoint_dir}: train a model first "
+                         "(python main.py --train with the same --dataset and sizes)")
+    return dcgan
+
+
+def visualize(job):
+    flags = job.flags
+    dcgan = trained_model(job)
+    count = flags.generate_test_images if flags.visualize_option == 0 else flags.batch_size
+    paths = dcgan.visualize(flags.visualize_option, flags.sample_dir, count, flags.seed)
+    print(f"wrote {len(paths)} file(s) to {flags.sample_dir}")
+
+
+def score_source(job, dcgan, source, search, report=None):
+    """Runs the latent search ``search`` over ``source``; feeds ``report`` or returns the
+    scores."""
+    flags = job.flags
+    dataset = inputs.make_dataset(source, image_spec(job, dcgan), flags.test_batch_size,
+                                  y_dim=dcgan.config.y_dim)
+    batches = math.ceil(len(source) / flags.test_batch_size)
+    scores = []
+    for images, result in dcgan.score_batches(dataset, search, batches, flags.seed):
+        maps = evaluation.anomaly_maps(images, result.final, dcgan.config.value_range)
+        if flags.image_score != "sum":
+            result.score = losses.map_score(maps, flags.image_score).numpy()
+        if report is not None:
+            report.add(images, result, maps)
+        scores.append(result.score)
+    return np.concatenate(scores)
+
+
+def choose_threshold(job, dcgan, report):
+    """The manual threshold, or the 95th percentile of normal images' scores."""
+    if job.flags.threshold != "auto":
+        return job.flags.threshold, "manual"
+    normal = report.normal_scores()
+    normal = normal[np.isfinite(normal)]
+    if len(normal):
+        return float(np.percentile(normal, 95)), "normal_test_images"
+    return held_out_threshold(job, dcgan, job.search_config)
+
+
+def held_out_threshold(job, dcgan, search):
+    """The 95th percentile of the held-out training images' scores under ``search``, and its
+    source."""
+    _, _, held_out = job.data.training_split()
+    if not len(held_out):
+        raise utils.DataError("no labelled normal test images and too few training images to "
+                              "hold out: pass --threshold <score>")
+    print(f"scoring {len(held_out)} held-out training images for the threshold")
+    held = score_source(job, dcgan, held_out, search)
+    return float(np.percentile(held[np.isfinite(held)], 95)), "heldout_train_images"
+
+
+def check_encoder(dcgan, what="--z_init encoder"):
+    """UsageError unless an encoder trained for this G is there."""
+    if dcgan.encoder_ready:
+        return
+    if dcgan.encoder_trained_for is None:
+        raise UsageError(f"{what}: no trained encoder in {dcgan.checkpoint_dir}: run "
+                         "--train_encoder first (same --dataset and sizes)")
+    raise UsageError(f"{what}: the encoder in {dcgan.checkpoint_dir} was trained for "
+                     f"G at step {dcgan.encoder_trained_for}, G is now at step "
+                     f"{dcgan.steps_done}: run --train_encoder again")
+
+
+def anomaly_test(job):
+    dcgan = trained_model(job)
+    if job.flags.z_init == "encoder":
+        check_encoder(dcgan)
+    check_writable(job.train_config.log_dir, "--log_dir")
+    result_dir = job.data.result_folder()
+    if (result_dir.is_dir() and not inputs.is_result_folder(result_dir)
+            and any(p.suffix.lower() in inputs.IMAGE_EXTENSIONS for p in result_dir.rglob("*"))):
+        raise UsageError(f"--test_result_dir {job.flags.test_result_dir}: {result_dir} holds "
+                         "test images, not results: choose another name")
+    if dcgan.is_chief:
+        score_and_report(job, dcgan, result_dir)
+        return
+    with tempfile.TemporaryDirectory() as scratch:  # other workers search but write nothing
+        score_and_report(job, dcgan, Path(scratch))
+
+
+def score_and_report(job, dcgan, result_dir):
+    """Scores the test images and writes every output into ``result_dir``."""
+    flags = job.flags
+    source = job.data.test_source(dcgan.config.c_dim)
+    warn(dcgan.health["gan"], gan=dcgan.config.gan)
+    if flags.z_init == "encoder":
+        warn(dcgan.health["encoder"], "encoder")
+    report = evaluation.AnomalyReport(result_dir, source, dcgan.config.value_range,
+                                      mask_spec=image_spec(job, dcgan))
+    restarts = f" from {flags.test_restarts} starting points" if flags.test_restarts > 1 else ""
+    start = "E(x)" if flags.z_init == "encoder" else "U(-1, 1)"
+    print(f"scoring {len(source)} images from z = {start}, {flags.test_epoch} search steps "
+          f"each{restarts}")
+    started = time.perf_counter()
+    score_source(job, dcgan, source, job.search_config, report)
+    seconds = time.perf_counter() - started
+    threshold, threshold_source = choose_threshold(job, dcgan, report)
+    metrics = report.finish(threshold, threshold_source, {
+        "seconds": round(seconds, 3), "images_per_second": round(len(source) / seconds, 3),
+        "test_epoch": flags.test_epoch, "z_init": flags.z_init, "score": flags.score,
+        "image_score": flags.image_score,
+        "ano_lambda": flags.ano_lambda, "encoder_kappa": flags.encoder_kappa,
+        "dis_loss": flags.dis_loss,
+        "test_learning_rate": flags.test_learning_rate, "test_restarts": flags.test_restarts,
+        "test_clip_z": flags.test_clip_z, "gan": dcgan.config.gan,
+        "training_seed": dcgan.training_seed, "health": dcgan.health,
+        "gan_steps": dcgan.steps_done,
+        "encoder_steps": dcgan.encoder_steps_done if flags.z_init == "encoder" else None},
+        tensorboard=(job.train_config.log_dir, dcgan.steps_done, flags.test_result_dir)
+        if dcgan.is_chief else None)
+    for name in metrics["non_finite"]:
+        print(f"warning: {name}: anomaly score is not finite", file=sys.stderr)
+    if len(source) <= 20:
+        for name, score, flagged in report.rows():
+            print(f"{name} {score:.6g} {'anomalous' if flagged else 'normal'}")
+    print(f"results in {result_dir}: " + ", ".join(
+        f"{k} {metrics[k]}" for k in ("n", "n_anomalous", "roc_auc", "pr_auc", "threshold")))
+
+
+def scoring_mode(search, image_score):
+    """What makes scores comparable (a threshold belongs to it), under the names of the flags
+    as metrics.json records them."""
+    return {"z_init": search.z_init, "test_epoch": search.steps, "score": search.score,
+            "image_score": image_score, "ano_lambda": search.ano_lambda,
+            "encoder_kappa": search.kappa, "dis_loss": search.dis_loss}
+
+
+def one_pass(search):
+    """``search`` scoring in one pass from E(x), as the exported model does."""
+    return dataclasses.replace(search, z_init="encoder", steps=0)
+
+
+def export_threshold(job, dcgan, search):
+    """The exported threshold and its source: --threshold, else the last anomaly test's when
+    it scored as ``search`` does, else the held-out training images' 95th percentile."""
+    if job.flags.threshold != "auto":
+        return job.flags.threshold, "manual"
+    path = job.data.result_folder() / "metrics.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        wanted = {**scoring_mode(search, job.flags.image_score), "gan_steps": dcgan.steps_done}
+        if all(saved.get(key) == value for key, value in wanted.items()):
+            return saved["threshold"], f"anomaly_test:{saved['threshold_source']}"
+    return held_out_threshold(job, dcgan, search)
+
+
+def export_model(job):
+    """Writes the SavedModel of the trained GAN and encoder (--export)."""
+    flags = job.flags
+    dcgan = trained_model(job)
+    check_encoder(dcgan, "--export")
+    search = one_pass(job.search_config)
+    threshold, source = export_threshold(job, dcgan, search)
+    spec = image_spec(job, dcgan)
+    info = {"model": dataclasses.asdict(dcgan.config), "health": dcgan.health,
+            "training_seed": dcgan.training_seed, "gan_steps": dcgan.steps_done,
+            "encoder_steps": dcgan.encoder_steps_done, "threshold": threshold,
+            "threshold_source": source, "mode": scoring_mode(search, flags.image_score),
+            "input": {"size": spec.input_size, "crop": spec.crop},
+            "output_size": spec.output_size, "value_range": spec.value_range}
+    folder = export.export_detector(dcgan, spec, search, flags.image_score, threshold, info,
+                                    flags.export)
+    print(f"exported to {folder}: threshold {threshold:.6g} ({source})")
+
+
+def run(job):
+    """Runs the jobs the flags ask for, in order."""
+    flags = job.flags
+    keras.utils.set_random_seed(flags.seed)
+    if flags.train:
+        train(job)
+    if flags.train_encoder:
+        train_encoder(job)
+    if flags.anomaly_test:
+        anomaly_test(job)
+    if flags.visualize:
+        visualize(job)
+    if flags.export:
+        export_model(job)

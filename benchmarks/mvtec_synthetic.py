@@ -1,7 +1,7 @@
 """Image- and pixel-level detection on a generated MVTec AD-style texture category.
 
     python benchmarks/mvtec_synthetic.py [--size 64 --epochs 10 --encoder_epoch 3]
-        [--photo brick.png] [--gan dcgan] [--modes a,b,b_izif]
+        [--photo brick.png [--subtle]] [--gan dcgan] [--modes a,b,b_izif]
         [--image_scores sum,top1,smoothmax] [--work_dir out/mvtec_synthetic]
 
 Writes the category (benchmarks/synthetic.py: striped RGB textures, or with ``--photo`` 64x64
@@ -68,6 +68,9 @@ def parse_args(argv=None):
     parser.add_argument("--photo", default=None,
                         help="a photograph to crop the category from (grayscale) instead of "
                              "generated stripes")
+    parser.add_argument("--subtle", action="store_true",
+                        help="with --photo: turned patches and smudges instead of spots and "
+                             "scratches (defects a mean image does not find)")
     parser.add_argument("--gan", default="dcgan")
     parser.add_argument("--extra", default="", help="further main.py flags, space-separated")
     parser.add_argument("--modes", default="a,b")
@@ -82,7 +85,8 @@ def main(argv=None):
     category = work / "data" / "mvtec" / "synthetic"
     if not category.exists() and args.photo:
         synthetic.write_photo_crops(category, args.photo, args.size, args.train, args.test_good,
-                                    args.test_defects)
+                                    args.test_defects, defects=synthetic.SUBTLE_DEFECTS
+                                    if args.subtle else synthetic.DEFECTS)
     elif not category.exists():
         synthetic.write_texture_set(category, args.size, args.train, args.test_good,
                                     args.test_defects, mode="RGB")
@@ -92,7 +96,7 @@ def main(argv=None):
              "--encoder_epoch", args.encoder_epoch, "--batch_size", args.batch_size,
              "--gan", args.gan, *args.extra.split()]
     figures = {"size": args.size, "train_images": args.train, "photo": args.photo,
-               "gan": args.gan, "test_images": args.test_good + 2 * args.test_defects,
+               "gan": args.gan, "subtle_defects": args.subtle, "test_images": args.test_good + 2 * args.test_defects,
                "gan_epochs": args.epochs, "encoder_epochs": args.encoder_epoch,
                "train_seconds": common.run_main([*flags, "--train"]),
                "encoder_seconds": common.run_main([*flags, "--train_encoder"])}

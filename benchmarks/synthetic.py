@@ -6,16 +6,20 @@
 Normal images are oriented stripes (a random phase, a small random angle) with pixel noise
 (``write_texture_set``), or crops of a real photograph (``write_photo_crops``: training crops
 from its upper three quarters, test crops from the rest); defects are a bright spot (a disc)
-or a dark scratch (a thin line segment) covering about 1 % of the image, at a random place.
-Imported by the tests and the benchmarks; numpy and Pillow only.
+or a dark scratch (a thin line segment) covering about 1 % of the image, at a random place;
+or, subtler (``SUBTLE_DEFECTS``, for photographs), a square of the texture turned by 90 degrees
+('patch') and a blurred disc ('smudge'), which keep the image's intensities, so that the
+distance to a mean image does not find them. Imported by the tests and the benchmarks; numpy
+and Pillow only.
 """
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 DEFECTS = ("spot", "scratch")
+SUBTLE_DEFECTS = ("patch", "smudge")
 
 
 def texture(size, rng):
@@ -32,6 +36,11 @@ def defect_mask(kind, size, rng):
     """The boolean mask of one defect of ``kind`` (about 1 % of the image) at a random place."""
     yy, xx = np.mgrid[0:size, 0:size]
     cy, cx = rng.uniform(0.2 * size, 0.8 * size, 2)
+    if kind == "patch":
+        half = 0.1 * size
+        return (np.abs(yy - cy) <= half) & (np.abs(xx - cx) <= half)
+    if kind == "smudge":
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= (0.12 * size) ** 2
     if kind == "spot":
         radius = max(1.5, 0.06 * size)
         return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
@@ -42,10 +51,33 @@ def defect_mask(kind, size, rng):
 
 
 def with_defect(image, kind, mask):
-    """``image`` with the defect drawn where ``mask`` is: bright spots, dark scratches."""
+    """``image`` with the defect drawn where ``mask`` is: bright spots, dark scratches, the
+    texture inside a square turned by 90 degrees, or blurred inside a disc."""
     image = image.copy()
-    image[mask] = 1.0 if kind == "spot" else 0.0
+    if kind == "patch":
+        rows, cols = np.nonzero(mask)
+        side = min(np.ptp(rows), np.ptp(cols)) + 1
+        square = (slice(rows.min(), rows.min() + side), slice(cols.min(), cols.min() + side))
+        image[square] = np.rot90(image[square])
+    elif kind == "smudge":
+        pixels = Image.fromarray(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8), "L")
+        blurred = np.asarray(pixels.filter(ImageFilter.GaussianBlur(2.5)), np.float32) / 255
+        image[mask] = blurred[mask]
+    else:
+        image[mask] = 1.0 if kind == "spot" else 0.0
     return image
+
+
+def visible_defect(image, kind, size, rng, contrast=0.05, tries=100):
+    """(mask, image with the defect) at the first of ``tries`` random places where the defect
+    changes the pixels under it by ``contrast`` on average (a turned patch of flat brick, say,
+    would change nothing); the last place tried when none does."""
+    for _ in range(tries):
+        mask = defect_mask(kind, size, rng)
+        drawn = with_defect(image, kind, mask)
+        if np.abs(drawn - image)[mask].mean() >= contrast:
+            break
+    return mask, drawn
 
 
 def save(array, path, mode):
@@ -88,7 +120,7 @@ def photo_crops(photo, size, count, rows, rng):
 
 
 def write_photo_crops(folder, photo_path, size=64, train=720, test_good=40, test_defects=40,
-                      seed=0):
+                      seed=0, defects=DEFECTS):
     """Writes a category of crops of a photograph (e.g. a brick wall) into ``folder``:
     training crops from its upper three quarters, test crops (good, and with drawn defects)
     from its lowest quarter; ``test_defects`` images of each defect type."""
@@ -98,15 +130,15 @@ def write_photo_crops(folder, photo_path, size=64, train=720, test_good=40, test
         photo.load()
     for index, crop in enumerate(photo_crops(photo, size, train, (0.0, 0.75), rng)):
         save(crop, folder / "train" / "good" / f"{index:03d}.png", "L")
-    tests = iter(photo_crops(photo, size, test_good + len(DEFECTS) * test_defects, (0.75, 1.0),
+    tests = iter(photo_crops(photo, size, test_good + len(defects) * test_defects, (0.75, 1.0),
                              rng))
     for index in range(test_good):
         save(next(tests), folder / "test" / "good" / f"{index:03d}.png", "L")
-    for kind in DEFECTS:
+    for kind in defects:
         for index in range(test_defects):
-            mask = defect_mask(kind, size, rng)
-            save(with_defect(next(tests), kind, mask),
-                 folder / "test" / kind / f"{index:03d}.png", "L")
+            crop = next(tests)
+            mask, drawn = visible_defect(crop, kind, size, rng)
+            save(drawn, folder / "test" / kind / f"{index:03d}.png", "L")
             save(mask.astype(np.float32), folder / "ground_truth" / kind / f"{index:03d}_mask.png",
                  "L")
     return folder

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-import model
 import utils
+from losses import anomaly_map, map_score
+from networks import variables_by_path
 
 ASSET = "detector.json"
 
@@ -37,7 +38,7 @@ class Detector(tf.Module):
         super().__init__(name="detector")
         self.dcgan, self.spec = dcgan, spec
         self.search_config, self.image_score = search_config, image_score
-        self.weights = [v.value for v in model.variables_by_path(
+        self.weights = [v.value for v in variables_by_path(
             dcgan.generator, dcgan.discriminator, dcgan.encoder).values()]
         self.threshold = tf.Variable(float(threshold), trainable=False, name="threshold")
         cfg = dcgan.config
@@ -72,9 +73,9 @@ class Detector(tf.Module):
         """Score, anomaly map, G(z) and z of the images ``x`` at ``z``."""
         score, _, _, fakes = self.dcgan.fake_scores(x, labels, z, real_features,
                                                     self.search_config)
-        maps = model.anomaly_map(x, fakes, self.dcgan.config.value_range)
+        maps = anomaly_map(x, fakes, self.dcgan.config.value_range)
         if self.image_score != "sum":
-            score = model.map_score(maps, self.image_score)
+            score = map_score(maps, self.image_score)
         return score, maps, fakes, z
 
     def _encoded(self, x, labels, steps):
@@ -101,9 +102,8 @@ class Detector(tf.Module):
             best = tuple(tf.where(tf.reshape(better, [-1] + [1] * (len(o.shape) - 1)), o, b)
                          for o, b in zip(outputs, best))
         score, maps, fakes, z = best
-        low, high = self.dcgan.config.value_range
         return {"score": score, "is_anomaly": score > self.threshold, "residual_map": maps,
-                "reconstruction": (fakes - low) / (high - low), "z": z}
+                "reconstruction": utils.rescale(fakes, self.dcgan.config.value_range), "z": z}
 
     def score(self, images):
         """The one-pass score at z = E(x) (``serving_default``)."""

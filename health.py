@@ -24,6 +24,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+import utils
 from config import SearchConfig
 from samples import sample_inputs
 from search import starting_z
@@ -160,8 +161,7 @@ class RealImages:
 
     def unit(self, images):
         """``images`` of the model's value range in [0, 1]."""
-        low, high = self.value_range
-        return (np.asarray(images, np.float32) - low) / (high - low)
+        return utils.rescale(np.asarray(images, np.float32), self.value_range)
 
 
 SEED = 12345

@@ -106,14 +106,6 @@ def build_model(job, channels):
     restored = dcgan.load()
     for line in dcgan.warnings:
         print(line, file=sys.stderr)
-    if dcgan.statistics_missing:
-        _, train, _, usable, _ = training_split(job)
-        batches = 50
-        dcgan.estimate_statistics(training_dataset(job, dcgan, train), flags.batch_size,
-                                  batches, flags.seed)
-        print(f"warning: {dcgan.manager.latest_checkpoint} was saved without batch-norm "
-              f"statistics (an older version): re-estimated them on {batches} batches of the "
-              f"{usable} training images; the next checkpoint saves them", file=sys.stderr)
     return dcgan, restored
 
 

@@ -100,7 +100,6 @@ class DCGAN:
             models=variables_by_path(self.encoder), optim=self.e_optim,
             step=self.encoder_step, gan_step=self.encoder_gan_step),
             self.checkpoint_dir / "encoder", self.warnings)
-        self.statistics_missing = False
         self.health = {"gan": None, "encoder": None}
         self.training_seed = None
         self._searches = {}
@@ -498,12 +497,3 @@ class DCGAN:
     def visualize(self, option, sample_dir, batch_size, seed=0):
         """The original's visualisations of G (``samples.visualize``); the written paths."""
         return samples.visualize(self, option, sample_dir, batch_size, seed)
-
-
-# Transitional: names main.py and the tests still take from model (removed once they move).
-from config import DIS_LOSSES, GANS, SCORES, Z_INITS, ModelConfig, SearchConfig  # noqa: F401, I001
-from losses import IMAGE_SCORES, anomaly_map, anomaly_score, map_score  # noqa: F401
-from runtime import CheckpointError  # noqa: F401
-from networks import Discriminator, Generator  # noqa: F401
-sample_inputs = samples.sample_inputs
-from training import TrainingDiverged, TrainingInterrupted  # noqa: F401

@@ -26,9 +26,8 @@ def write_grid(images, path, value_range, writer=None, tag="samples", step=0, sh
     image; returns ``path``."""
     utils.save_images(images, path, shape, value_range=value_range)
     if writer is not None:
-        low, high = value_range
         with writer.as_default(step=step):
-            tf.summary.image(tag, (images - low) / (high - low), max_outputs=8)
+            tf.summary.image(tag, utils.rescale(images, value_range), max_outputs=8)
     return path
 
 
@@ -96,9 +95,8 @@ def visualize(model, option, sample_dir, batch_size, seed=0):
                 paths.append(sample_dir / f"test_gif_{dim}.gif")
                 utils.save_gif(frames, paths[-1], value_range=value_range)
         else:
-            low, high = value_range
             shape = utils.grid_shape(z_dim)
-            frames = [utils.merge((np.stack([s[i] for s in sweeps]) - low) / (high - low),
+            frames = [utils.merge(utils.rescale(np.stack([s[i] for s in sweeps]), value_range),
                                   shape) for i in range(batch_size)]
             paths.append(sample_dir / "test_gif_merged.gif")
             utils.save_gif(frames, paths[-1], duration=8, value_range=(0.0, 1.0))

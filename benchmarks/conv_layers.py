@@ -19,6 +19,7 @@ import tensorflow as tf
 import model
 import ops
 import phase_conv
+from config import ModelConfig
 
 
 def parse_args(argv=None):
@@ -87,7 +88,7 @@ def main(argv=None):
     args = parse_args(argv)
     width = args.width or args.height
     with tempfile.TemporaryDirectory() as checkpoint_dir:
-        dcgan = model.DCGAN(model.ModelConfig(args.height, width, args.channels), checkpoint_dir)
+        dcgan = model.DCGAN(ModelConfig(args.height, width, args.channels), checkpoint_dir)
     matmul = [common.matmul_gflops()]
     layers = [layer for net in (dcgan.generator, dcgan.discriminator) for layer in net.layers
               if isinstance(layer, (ops.Conv2D, ops.Deconv2D))]

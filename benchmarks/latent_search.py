@@ -24,6 +24,7 @@ import common
 import numpy as np
 
 import model
+from config import ModelConfig, SearchConfig
 
 
 def parse_args(argv=None):
@@ -57,9 +58,9 @@ def main(argv=None):
     count = max(args.batch, args.per_image)
     images = rng.uniform(-1, 1, (count, args.height, width, args.channels)).astype(np.float32)
     with tempfile.TemporaryDirectory() as checkpoint_dir:
-        dcgan = model.DCGAN(model.ModelConfig(args.height, width, args.channels), checkpoint_dir)
+        dcgan = model.DCGAN(ModelConfig(args.height, width, args.channels), checkpoint_dir)
         z0 = rng.uniform(-1, 1, (count, dcgan.config.z_dim)).astype(np.float32)
-        search = model.SearchConfig(steps=args.steps, dis_loss=args.dis_loss)
+        search = SearchConfig(steps=args.steps, dis_loss=args.dis_loss)
         timed_search(dcgan, images[:1], z0[:1], search)  # traces the search, for any batch
         matmul = [common.matmul_gflops()]
         singles, batches = [], []

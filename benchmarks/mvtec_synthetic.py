@@ -26,8 +26,8 @@ from sklearn.metrics import roc_auc_score
 
 import evaluation
 import inputs
-import model
 import utils
+from losses import map_score
 
 MODES = {"a": ["--z_init", "random"],
          "b": ["--z_init", "encoder", "--test_epoch", "0"],
@@ -51,7 +51,7 @@ def mean_image_baseline(category, size, image_scores, channels):
     pixels.add(maps, np.stack([utils.load_mask(m, spec) for m in source.masks]))
     figures = {"pixel_roc_auc": pixels.auc()}
     for kind in image_scores:
-        scores = maps.mean(axis=(1, 2)) if kind == "sum" else model.map_score(maps, kind).numpy()
+        scores = maps.mean(axis=(1, 2)) if kind == "sum" else map_score(maps, kind).numpy()
         figures[f"roc_auc_{kind}"] = float(roc_auc_score(source.labels, scores))
     return figures
 

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 import model
+from config import ModelConfig
 
 
 def parse_args(argv=None):
@@ -49,7 +50,7 @@ def main(argv=None):
     width = args.width or args.height
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory() as checkpoint_dir:
-        dcgan = model.DCGAN(model.ModelConfig(args.height, width, args.channels), checkpoint_dir)
+        dcgan = model.DCGAN(ModelConfig(args.height, width, args.channels), checkpoint_dir)
     images = tf.constant(rng.uniform(-1, 1, (args.batch, args.height, width, args.channels)),
                          tf.float32)
     labels = tf.zeros((args.batch, 0))

@@ -14,6 +14,8 @@ import inputs
 import main
 import model
 import utils
+from config import ModelConfig, SearchConfig
+from search import SearchResult, starting_z
 
 TINY = ["--gf_dim", "8", "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0"]
 
@@ -148,7 +150,7 @@ def test_unlabelled_images_give_null_aucs_and_heldout_threshold(trained, capsys)
 
 def trained_model_and_images(root):
     """The fixture's DCGAN restored, and the labelled test images."""
-    dcgan = model.DCGAN(model.ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8),
+    dcgan = model.DCGAN(ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8),
                         root / "checkpoint" / "rings_8_28_28")
     assert dcgan.load()
     test_dir = labelled_test_dir(root)
@@ -161,7 +163,7 @@ def test_batch_search_equals_single_image_search(trained):
     dcgan, images = trained_model_and_images(trained[0])
     z0 = np.random.default_rng(1).uniform(-1, 1, (len(images), 16)).astype(np.float32)
     labels = np.zeros((len(images), 0), np.float32)
-    search = model.SearchConfig(steps=10)
+    search = SearchConfig(steps=10)
     batch = dcgan.search(images, labels, z0, search)
     for i in range(len(images)):
         single = dcgan.search(images[i:i + 1], labels[i:i + 1], z0[i:i + 1], search)
@@ -170,8 +172,8 @@ def test_batch_search_equals_single_image_search(trained):
         np.testing.assert_allclose(single.snapshots[10], batch.snapshots[10][i:i + 1],
                                    atol=1e-4)
     # The search never ends worse than its start, and a fresh z gives the same result again.
-    start = dcgan.search(images, labels, z0, model.SearchConfig(steps=0))
-    fast = dcgan.search(images, labels, z0, model.SearchConfig(steps=10, learning_rate=0.05))
+    start = dcgan.search(images, labels, z0, SearchConfig(steps=0))
+    fast = dcgan.search(images, labels, z0, SearchConfig(steps=10, learning_rate=0.05))
     assert (fast.score <= start.score * (1 + 1e-5)).all() and fast.score.sum() < start.score.sum()
     again = dcgan.search(images, labels, z0, search)
     np.testing.assert_allclose(again.score, batch.score, rtol=1e-5)
@@ -180,13 +182,13 @@ def test_batch_search_equals_single_image_search(trained):
 def test_restarts_keep_each_images_best_start_and_clipping_bounds_z(trained):
     dcgan, images = trained_model_and_images(trained[0])
     labels = np.zeros((len(images), 0), np.float32)
-    z0 = model.starting_z(range(len(images)), 16, seed=3, restarts=3)
+    z0 = starting_z(range(len(images)), 16, seed=3, restarts=3)
     assert z0.shape == (3, len(images), 16)
-    np.testing.assert_array_equal(z0[0], model.starting_z(range(len(images)), 16, seed=3))
+    np.testing.assert_array_equal(z0[0], starting_z(range(len(images)), 16, seed=3))
     assert not np.allclose(z0[1], z0[2])
     fast = {"steps": 6, "learning_rate": 0.2}
-    best = dcgan.search(images, labels, z0, model.SearchConfig(**fast, restarts=3))
-    each = [dcgan.search(images, labels, z, model.SearchConfig(**fast)) for z in z0]
+    best = dcgan.search(images, labels, z0, SearchConfig(**fast, restarts=3))
+    each = [dcgan.search(images, labels, z, SearchConfig(**fast)) for z in z0]
     scores = np.stack([r.score for r in each])
     np.testing.assert_allclose(best.score, scores.min(axis=0), rtol=1e-4)
     winner = scores.argmin(axis=0)
@@ -194,7 +196,7 @@ def test_restarts_keep_each_images_best_start_and_clipping_bounds_z(trained):
         np.testing.assert_allclose(best.z[i], each[k].z[i], atol=2e-3)
         np.testing.assert_allclose(best.snapshots[6][i], each[k].snapshots[6][i], atol=1e-4)
     assert np.abs(np.concatenate([r.z for r in each])).max() > 1.0
-    clipped = dcgan.search(images, labels, z0[0], model.SearchConfig(**fast, clip_z=True))
+    clipped = dcgan.search(images, labels, z0[0], SearchConfig(**fast, clip_z=True))
     assert np.abs(clipped.z).max() <= 1.0
 
 
@@ -212,10 +214,10 @@ def test_restarts_flags_reach_the_search_and_metrics(trained):
 def test_best_of_keeps_each_images_lowest_score():
     def result(scores):
         scores = np.asarray(scores, np.float32)
-        return model.SearchResult(scores, scores * 2, scores * 3, scores[:, None] * np.ones((1, 2)),
+        return SearchResult(scores, scores * 2, scores * 3, scores[:, None] * np.ones((1, 2)),
                                   {0: scores[:, None, None, None] * np.ones((1, 2, 2, 1))})
 
-    best = model.SearchResult.best_of([result([3, 1, 5]), result([2, 4, 0])])
+    best = SearchResult.best_of([result([3, 1, 5]), result([2, 4, 0])])
     np.testing.assert_array_equal(best.score, [2, 1, 0])
     np.testing.assert_array_equal(best.residual, [4, 2, 0])
     np.testing.assert_array_equal(best.z[:, 0], [2, 1, 0])
@@ -223,12 +225,12 @@ def test_best_of_keeps_each_images_lowest_score():
 
 
 def test_one_class_conditional_model_searches_under_its_normal_digits_only(tmp_path):
-    config = model.ModelConfig(28, 28, 1, z_dim=8, y_dim=10, gf_dim=8, df_dim=8, dfc_dim=32,
+    config = ModelConfig(28, 28, 1, z_dim=8, y_dim=10, gf_dim=8, df_dim=8, dfc_dim=32,
                                classes=(1, 7))
     dcgan = model.DCGAN(config, tmp_path)
     images = np.random.default_rng(0).uniform(0, 1, (4, 28, 28, 1)).astype(np.float32)
-    z0 = model.starting_z(range(4), 8)
-    search = model.SearchConfig(steps=2)
+    z0 = starting_z(range(4), 8)
+    search = SearchConfig(steps=2)
 
     def under(digit):
         return dcgan.search(images, utils.one_hot([digit] * 4, 10), z0, search).score

@@ -12,6 +12,9 @@ import health
 import main
 import model
 import ops
+from config import ModelConfig
+from losses import critic_loss, gradient_penalty, wasserstein_generator_loss
+from runtime import CheckpointError
 
 
 def test_gradient_penalty_of_a_linear_critic_is_its_slope_minus_one_squared():
@@ -23,7 +26,7 @@ def test_gradient_penalty_of_a_linear_critic_is_its_slope_minus_one_squared():
         def critic(x, w=weight):
             return tf.reduce_sum(w * x, axis=[1, 2, 3])[:, None]
 
-        penalty = model.gradient_penalty(critic, real, fake, alpha).numpy()
+        penalty = gradient_penalty(critic, real, fake, alpha).numpy()
         np.testing.assert_allclose(penalty, [expected] * 3, atol=1e-5)
 
 
@@ -31,15 +34,15 @@ def test_gradient_penalty_of_a_quadratic_critic_depends_on_the_interpolate():
     # critic(x) = sum(x^2) / 2 has gradient x: at x_hat = alpha * fake the slope is 2 * alpha.
     real, fake = tf.zeros((2, 1, 1, 4)), tf.ones((2, 1, 1, 4))
     alpha = tf.constant([0.25, 1.0])[:, None, None, None]
-    penalty = model.gradient_penalty(lambda x: tf.reduce_sum(x * x, [1, 2, 3])[:, None] / 2,
+    penalty = gradient_penalty(lambda x: tf.reduce_sum(x * x, [1, 2, 3])[:, None] / 2,
                                      real, fake, alpha)
     np.testing.assert_allclose(penalty.numpy(), [(0.5 - 1) ** 2, (2.0 - 1) ** 2], atol=1e-5)
 
 
 def test_wasserstein_losses():
     real, fake = tf.constant([[2.0], [1.0]]), tf.constant([[0.5], [3.0]])
-    np.testing.assert_allclose(model.critic_loss(real, fake).numpy(), [-1.5, 2.0])
-    np.testing.assert_allclose(model.wasserstein_generator_loss(fake).numpy(), [-0.5, -3.0])
+    np.testing.assert_allclose(critic_loss(real, fake).numpy(), [-1.5, 2.0])
+    np.testing.assert_allclose(wasserstein_generator_loss(fake).numpy(), [-0.5, -3.0])
 
 
 def test_measures_tell_collapse_and_noise_from_real_images():
@@ -112,7 +115,7 @@ def test_wgan_gp_retries_with_the_next_seed_resumes_and_scores(wgan, capsys):
     out = capsys.readouterr()
     assert "resuming from step 8" in out.out and "seed 1" in out.out
     assert "training again" not in out.out
-    dcgan = model.DCGAN(model.ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8,
+    dcgan = model.DCGAN(ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8,
                                           gan="wgan_gp"), folder)
     assert dcgan.load() and dcgan.steps_done == 12 and dcgan.training_seed == 1
     assert isinstance(dcgan.discriminator.bns[1], ops.LayerNorm)
@@ -130,24 +133,24 @@ def test_wgan_gp_retries_with_the_next_seed_resumes_and_scores(wgan, capsys):
 def test_a_checkpoint_of_another_gan_is_refused(wgan):
     root, _ = wgan
     folder = root / "checkpoint" / "rings_8_28_28_wgan_gp"
-    dcgan = model.DCGAN(model.ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8), folder)
-    with pytest.raises(model.CheckpointError, match="gan: checkpoint wgan_gp vs now dcgan"):
+    dcgan = model.DCGAN(ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8), folder)
+    with pytest.raises(CheckpointError, match="gan: checkpoint wgan_gp vs now dcgan"):
         dcgan.load()
 
 
 def test_the_check_passes_a_generator_that_draws_the_training_distribution(tmp_path):
-    config = model.ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8)
+    config = ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8)
     dcgan = model.DCGAN(config, tmp_path / "ckpt")
     z = np.random.default_rng(1).uniform(-1, 1, (700, 16)).astype(np.float32)
     drawn = dcgan.generate(z)  # "training images" this G draws itself, from other z
     labels = np.zeros((8, 0), np.float32)
-    result = dcgan.gan_health(health.RealImages(drawn[:256], drawn[256:], drawn[:8], labels,
-                                                config.value_range))
+    result = health.check_gan(dcgan, health.RealImages(drawn[:256], drawn[256:], drawn[:8],
+                                                       labels, config.value_range))
     assert result["passed"], result
     assert result["diversity"] == pytest.approx(1.0, abs=0.15)
     assert result["fidelity"] == pytest.approx(1.0, abs=0.15)
     paths = write_images(tmp_path / "rings", 40, 28, kind=0)
     rings = np.stack([np.asarray(Image.open(p), np.float32)[..., None] / 127.5 - 1 for p in paths])
-    result = dcgan.gan_health(health.RealImages(rings[:20], rings[20:], rings[:8], labels,
-                                                config.value_range))
+    result = health.check_gan(dcgan, health.RealImages(rings[:20], rings[20:], rings[:8],
+                                                       labels, config.value_range))
     assert not result["passed"] and result["fidelity"] > 1.5  # an untrained G draws no rings

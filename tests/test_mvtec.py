@@ -11,9 +11,10 @@ from sklearn.metrics import roc_auc_score
 import evaluation
 import inputs
 import main
-import model
 import utils
 from benchmarks import synthetic
+from losses import map_score
+from search import SearchResult
 
 FLAGS = ["--dataset", "mvtec/tex", "--output_height", "32", "--batch_size", "8",
          "--z_dim", "16", "--gf_dim", "8", "--df_dim", "8", "--retries", "0",
@@ -73,7 +74,7 @@ def test_map_based_image_scores_with_the_encoder(category):
             error = np.asarray(Image.open(result_dir / f"AD_error_0_{stem}.png"), np.float32)
             maps = (error / 255.0).mean(axis=-1)[None]
             assert float(row["anomaly_score"]) == pytest.approx(
-                model.map_score(maps, kind).numpy()[0], abs=2 / 255)
+                map_score(maps, kind).numpy()[0], abs=2 / 255)
 
 
 def test_pixel_roc_matches_sklearn_and_ignores_maps_blind_to_the_defect():
@@ -96,9 +97,9 @@ def test_map_scores_equal_their_numpy_definitions():
 
     maps = np.random.default_rng(1).uniform(0, 1, (3, 16, 20)).astype(np.float32)
     smooth = [gaussian_filter(m, sigma=2.0).max() for m in maps]
-    np.testing.assert_allclose(model.map_score(maps, "smoothmax").numpy(), smooth, rtol=1e-5)
+    np.testing.assert_allclose(map_score(maps, "smoothmax").numpy(), smooth, rtol=1e-5)
     top = np.sort(maps.reshape(3, -1), axis=1)[:, -3:].mean(axis=1)  # 1 % of 320 pixels
-    np.testing.assert_allclose(model.map_score(maps, "top1").numpy(), top, rtol=1e-6)
+    np.testing.assert_allclose(map_score(maps, "top1").numpy(), top, rtol=1e-6)
 
 
 def test_map_scores_favour_a_small_strong_defect_over_a_faint_everywhere_one():
@@ -107,9 +108,9 @@ def test_map_scores_favour_a_small_strong_defect_over_a_faint_everywhere_one():
     faint = np.full((1, 32, 32), 0.05, np.float32)
     assert faint.sum() > small.sum()  # the original's summed residual prefers the wrong one
     for kind in ("top1", "smoothmax"):
-        assert model.map_score(small, kind).numpy()[0] > model.map_score(faint, kind).numpy()[0]
+        assert map_score(small, kind).numpy()[0] > map_score(faint, kind).numpy()[0]
     with pytest.raises(ValueError, match="--image_score"):
-        model.map_score(small, "median")
+        map_score(small, "median")
 
 
 def test_per_type_auc_names_each_defect_folder_and_is_none_without_folders():
@@ -141,4 +142,4 @@ def test_masks_found_beside_any_test_folder(tmp_path):
     assert source.subset([3, 0]).masks == [source.masks[3], None]
     plain = inputs.test_folder_source(tmp_path / "set" / "test", tmp_path / "none", 1)
     assert plain.masks is None
-    assert model.SearchResult(*[np.zeros(1)] * 4, {0: 1, 5: 2}).final == 2
+    assert SearchResult(*[np.zeros(1)] * 4, {0: 1, 5: 2}).final == 2

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import TINY_FLAGS, error_line, exit_code, read_scores, write_images
 from PIL import Image
 
@@ -22,7 +23,9 @@ import evaluation
 import inputs
 import main
 import model
+import training
 import utils
+from config import ModelConfig
 
 
 def digests(folder):
@@ -82,7 +85,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(trained_copy
     warning = [line for line in out.err.splitlines() if "newest intact checkpoint" in line]
     assert len(warning) == 1 and "ckpt-12" in warning[0] and "restored ckpt-8" in warning[0]
     assert "resuming from step 8" in out.out
-    restored = model.DCGAN(model.ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8), folder)
+    restored = model.DCGAN(ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8), folder)
     assert restored.load() and restored.steps_done == 16
     assert steps_of(folder)[:2] == [4, 8]  # the older checkpoints were not rotated away
 
@@ -183,7 +186,7 @@ def test_an_output_failing_mid_training_loses_no_steps(trained_copy, capsys, mon
         if len(calls) > 1:
             raise OSError(28, "No space left on device", "samples/train.png")
 
-    monkeypatch.setattr(model.utils, "save_images", failing)
+    monkeypatch.setattr(utils, "save_images", failing)
     assert main.main([*flags, "--epoch", "5", "--sample_every", "2", "--train"]) == 2
     last = capsys.readouterr().err.rstrip("\n").split("\r")[-1]  # after the progress bar
     assert last == "error: samples/train.png: No space left on device"
@@ -288,15 +291,17 @@ def test_zero_one_masks_count_and_an_unreadable_mask_is_passed_over(tiny_detecto
 def test_metrics_are_valid_json_and_divergence_names_what_is_kept(tmp_path):
     utils.write_json(tmp_path / "m.json", {"a": float("nan"), "b": [float("inf"), 1.5]})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": None, "b": [None, 1.5]}
-    dcgan = model.DCGAN(model.ModelConfig(28, 28, 1, z_dim=8, gf_dim=8, df_dim=8),
+    dcgan = model.DCGAN(ModelConfig(28, 28, 1, z_dim=8, gf_dim=8, df_dim=8),
                         tmp_path / "ckpt")
 
     def diverging(*batch):
         return {"d_loss": float("nan")}
 
-    with pytest.raises(model.TrainingDiverged, match="no checkpoint was written"):
-        dcgan._logged_step(diverging, (), lambda: 0, model.tf.summary.create_noop_writer(),
-                           type("Bar", (), {"set_postfix": lambda self, values: None})())
+    phase = training.Phase("", diverging, dcgan.step, None, dcgan.save,
+                           lambda: dcgan.manager.latest_checkpoint, None)
+    with pytest.raises(training.TrainingDiverged, match="no checkpoint was written"):
+        training.logged_step(phase, (), tf.summary.create_noop_writer(),
+                             type("Bar", (), {"set_postfix": lambda self, values: None})())
 
 
 # 8. Mirrors that trickle, stall, or serve a bomb ------------------------------------------

@@ -18,6 +18,10 @@ import inputs
 import main
 import model
 import utils
+from config import ModelConfig, TrainConfig
+from samples import sample_inputs
+from search import SearchResult
+from training import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
 GRAY = ["--dataset", "gray", "--input_fname_pattern", "*.png", "--input_height", "28",
@@ -127,7 +131,7 @@ def test_sigkill_mid_training_resumes_from_last_checkpoint(workdir, capsys):
         process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL
     last = checkpoint_steps(folder)[-1]
-    restored = model.DCGAN(model.ModelConfig(28, 28, 1, gf_dim=8, df_dim=8), folder)
+    restored = model.DCGAN(ModelConfig(28, 28, 1, gf_dim=8, df_dim=8), folder)
     assert restored.load() and restored.steps_done == last
     capsys.readouterr()
     assert main.main([*GRAY, "--epoch", str(last // 2 + 2), "--train"]) == 0
@@ -155,17 +159,17 @@ def test_sigint_saves_a_checkpoint_before_exiting(workdir):
 
 
 def test_nan_losses_stop_training_and_keep_the_last_good_checkpoint(tmp_path):
-    config = model.ModelConfig(16, 16, 1, z_dim=4, gf_dim=4, df_dim=4)
-    dcgan = model.DCGAN(config, tmp_path / "ckpt", model.TrainConfig(
+    config = ModelConfig(16, 16, 1, z_dim=4, gf_dim=4, df_dim=4)
+    dcgan = model.DCGAN(config, tmp_path / "ckpt", TrainConfig(
         epochs=1, sample_dir=str(tmp_path / "s"), log_dir=str(tmp_path / "l")))
     good = tf.data.Dataset.from_tensors((tf.zeros((4, 16, 16, 1)), tf.zeros((4, 0)))).repeat(2)
-    dcgan.train(good, 2, 4, model.sample_inputs(config, 4))
+    dcgan.train(good, 2, 4, sample_inputs(config, 4))
     assert checkpoint_steps(tmp_path / "ckpt") == [2]
-    dcgan.train_config = model.TrainConfig(epochs=2, sample_dir=str(tmp_path / "s"),
+    dcgan.train_config = TrainConfig(epochs=2, sample_dir=str(tmp_path / "s"),
                                            log_dir=str(tmp_path / "l"))
     bad = good.map(lambda x, y: (x * np.nan, y))
-    with pytest.raises(model.TrainingDiverged, match="non-finite at step 3.*last good"):
-        dcgan.train(bad, 2, 4, model.sample_inputs(config, 4))
+    with pytest.raises(TrainingDiverged, match="non-finite at step 3.*last good"):
+        dcgan.train(bad, 2, 4, sample_inputs(config, 4))
     assert checkpoint_steps(tmp_path / "ckpt") == [2]
     fresh = model.DCGAN(config, tmp_path / "ckpt")
     assert fresh.load() and fresh.steps_done == 2
@@ -175,7 +179,7 @@ def test_nan_losses_stop_training_and_keep_the_last_good_checkpoint(tmp_path):
 def fake_result(scores):
     scores = np.asarray(scores, np.float32)
     images = np.zeros((len(scores), 8, 8, 1), np.float32)
-    return images, model.SearchResult(scores, scores, scores, np.zeros((len(scores), 2)),
+    return images, SearchResult(scores, scores, scores, np.zeros((len(scores), 2)),
                                       {0: images, 1: images})
 
 

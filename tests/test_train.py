@@ -12,6 +12,9 @@ from PIL import Image
 import inputs
 import main
 import model
+from config import ModelConfig, TrainConfig
+from networks import Discriminator, Generator
+from samples import sample_inputs
 
 TINY = ["--gf_dim", 8, "--df_dim", 8, "--retries", 0, "--encoder_min_steps", 0]
 
@@ -34,12 +37,12 @@ def test_gray_28_trains_with_finite_losses_and_writes_checkpoint(workdir):
     write_images(workdir / "data" / "gray", 32, 28)
     source = inputs.folder_source(workdir / "data" / "gray", "*.png")
     assert source.channels == 1
-    config = model.ModelConfig(28, 28, source.channels, gf_dim=8, df_dim=8)
-    dcgan = model.DCGAN(config, workdir / "ckpt", model.TrainConfig(epochs=2, sample_every=4,
+    config = ModelConfig(28, 28, source.channels, gf_dim=8, df_dim=8)
+    dcgan = model.DCGAN(config, workdir / "ckpt", TrainConfig(epochs=2, sample_every=4,
                                                                     sample_dir="s", log_dir="l"))
     dataset = inputs.make_dataset(source, inputs.ImageSpec((28, 28), (28, 28)), 8, shuffle_seed=0,
                                   drop_remainder=True)
-    history = dcgan.train(dataset, 4, 8, model.sample_inputs(config, 8))
+    history = dcgan.train(dataset, 4, 8, sample_inputs(config, 8))
     assert len(history) == 8
     assert all(math.isfinite(d) and math.isfinite(g) for d, g in history)
     assert dcgan.steps_done == 8
@@ -68,7 +71,7 @@ def test_rgb_32_with_crop_trains_samples_and_resumes(workdir, capsys):
     assert run_main(*flags[:-3], "--epoch", 3, "--train") == 0
     assert "resuming from step 6" in capsys.readouterr().out
     assert checkpoint_steps(folder) == [6, 9]
-    restored = model.DCGAN(model.ModelConfig(32, 32, 3, gf_dim=8, df_dim=8), folder)
+    restored = model.DCGAN(ModelConfig(32, 32, 3, gf_dim=8, df_dim=8), folder)
     assert restored.load() and restored.steps_done == 9
     assert int(restored.g_optim.iterations) == 18 and int(restored.d_optim.iterations) == 9
 
@@ -101,9 +104,9 @@ def test_conditional_mnist_trains_on_idx_files(workdir):
     assert config["y_dim"] == 10 and config["c_dim"] == 1
     # 40 images minus 4 held out -> 4 steps.
     assert checkpoint_steps(folder) == [4]
-    dcgan = model.DCGAN(model.ModelConfig(28, 28, 1, y_dim=10, gf_dim=8, df_dim=8), folder)
+    dcgan = model.DCGAN(ModelConfig(28, 28, 1, y_dim=10, gf_dim=8, df_dim=8), folder)
     assert dcgan.load()
-    images = dcgan.generate(*model.sample_inputs(dcgan.config, 10))
+    images = dcgan.generate(*sample_inputs(dcgan.config, 10))
     assert images.shape == (10, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
 
 
@@ -119,10 +122,10 @@ def test_one_class_mnist_trains_the_conditional_model_on_chosen_digits(workdir, 
     config = json.loads((folder / "config.json").read_text())
     assert (config["y_dim"], config["classes"]) == (10, [1, 7])
     assert checkpoint_steps(folder) == [2]
-    dcgan = model.DCGAN(model.ModelConfig(28, 28, 1, y_dim=10, gf_dim=8, df_dim=8,
+    dcgan = model.DCGAN(ModelConfig(28, 28, 1, y_dim=10, gf_dim=8, df_dim=8,
                                           classes=(1, 7)), folder)
     assert dcgan.load()
-    _, labels = model.sample_inputs(dcgan.config, 6)
+    _, labels = sample_inputs(dcgan.config, 6)
     assert labels.argmax(1).tolist() == [1, 7, 1, 7, 1, 7]
     # The same folder with another model: one line naming the difference, exit 2.
     assert run_main(*flags, "--y_dim", 0, "--train") == 2
@@ -133,12 +136,12 @@ def test_one_class_mnist_trains_the_conditional_model_on_chosen_digits(workdir, 
 
 
 def test_model_config_checks_its_classes():
-    assert model.ModelConfig(28, 28, 1, y_dim=10).conditions == tuple(range(10))
-    assert model.ModelConfig(28, 28, 1, y_dim=10, classes=(3,)).conditions == (3,)
-    assert model.ModelConfig(28, 28, 1).conditions == ()
+    assert ModelConfig(28, 28, 1, y_dim=10).conditions == tuple(range(10))
+    assert ModelConfig(28, 28, 1, y_dim=10, classes=(3,)).conditions == (3,)
+    assert ModelConfig(28, 28, 1).conditions == ()
     for classes in ((10,), (1,), [3]):
         with pytest.raises(ValueError, match="classes of a conditional model"):
-            model.ModelConfig(28, 28, 1, y_dim=10 if classes != (1,) else 0, classes=classes)
+            ModelConfig(28, 28, 1, y_dim=10 if classes != (1,) else 0, classes=classes)
 
 
 def test_visualize_writes_grids_and_gifs(workdir):
@@ -163,8 +166,8 @@ def test_visualize_writes_grids_and_gifs(workdir):
 @pytest.mark.parametrize("size, expected", [
     ((28, 28), (28, 28)), ((64, 64), (64, 64)), ((48, 40), (48, 40)), ((9, 13), (9, 13))])
 def test_generator_and_discriminator_handle_any_size(size, expected):
-    config = model.ModelConfig(*size, c_dim=3, z_dim=8, gf_dim=4, df_dim=4)
-    generator, discriminator = model.Generator(config), model.Discriminator(config)
+    config = ModelConfig(*size, c_dim=3, z_dim=8, gf_dim=4, df_dim=4)
+    generator, discriminator = Generator(config), Discriminator(config)
     images = generator(np.zeros((2, 8), np.float32))
     logits, features = discriminator(images)
     assert images.shape == (2, *expected, 3)
@@ -172,7 +175,7 @@ def test_generator_and_discriminator_handle_any_size(size, expected):
 
 
 def test_original_initialisers_and_parameter_count():
-    config = model.ModelConfig(64, 64, 3)
+    config = ModelConfig(64, 64, 3)
     dcgan = model.DCGAN(config, "unused")
     g_kernel = dcgan.generator.deconvs[0].kernel.numpy()
     d_kernel = dcgan.discriminator.convs[0].kernel.numpy()

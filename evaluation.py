@@ -127,8 +127,10 @@ class AnomalyReport:
     pixel histograms and the few worst images for the overview are kept.
     """
 
-    def __init__(self, result_dir, source, value_range, overview_rows=8, mask_spec=None):
+    def __init__(self, result_dir, source, value_range, overview_rows=8, mask_spec=None,
+                 figures=True):
         self.final_dir = Path(result_dir)
+        self.figures = figures
         self.final_dir.parent.mkdir(parents=True, exist_ok=True)
         for stale in self.final_dir.parent.glob(f".{self.final_dir.name}.partial-*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -211,7 +213,8 @@ class AnomalyReport:
         return [self.source.names[i] for i in np.flatnonzero(~np.isfinite(self.all_scores()))]
 
     def finish(self, threshold, threshold_source, extra, tensorboard=None):
-        """Writes scores.csv, metrics.json and the plots; returns the metrics.
+        """Writes scores.csv, metrics.json and (unless ``figures`` is off) the plots; returns
+        the metrics.
 
         ``tensorboard``: (log_dir, step, name) to log the results there too (``log_results``).
         """
@@ -240,7 +243,8 @@ class AnomalyReport:
                    "threshold": float(threshold), "threshold_source": threshold_source,
                    **extra, "non_finite": self.non_finite()}
         utils.write_json(self.result_dir / "metrics.json", metrics)
-        self._plots(scores, labels, threshold, metrics)
+        if self.figures:
+            self._plots(scores, labels, threshold, metrics)
         self._publish()
         if tensorboard is not None:
             log_dir, step, name = tensorboard
@@ -308,8 +312,9 @@ def log_results(log_dir, step, name, scores, labels, metrics, overview_path):
             summary = pr_curve.pb(prefix, labels[known].astype(bool), unit,
                                   num_thresholds=201)
             tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=step)
-        with Image.open(overview_path) as image:
-            tf.summary.image(f"{prefix}/overview", np.asarray(image.convert("RGB"))[None])
+        if Path(overview_path).exists():  # not with --no_figures
+            with Image.open(overview_path) as image:
+                tf.summary.image(f"{prefix}/overview", np.asarray(image.convert("RGB"))[None])
     writer.close()
 
 

@@ -162,6 +162,9 @@ def build_parser():
 
     out = p.add_argument_group("outputs").add_argument
     out("--checkpoint_dir", default="checkpoint", help="where checkpoints live")
+    out("--no_figures", action="store_true",
+        help="skip the anomaly test's figures (histogram, ROC, t-SNE, overview): scores, "
+             "metrics and per-image outputs only")
     out("--sample_dir", default="samples", help="where sample grids are written")
     out("--test_result_dir", default="test_result", help="results folder inside --test_dir")
     out("--log_dir", default="logs", help="TensorBoard event files")

@@ -37,6 +37,7 @@ def parse_args(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=None,
                         help="test images per run [1000 10000; 200 2000 for mvtec]")
     parser.add_argument("--steps", type=int, default=1, help="latent-search steps per image")
+    parser.add_argument("--extra", default="", help="further main.py flags, space-separated")
     parser.add_argument("--score", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -72,14 +73,14 @@ def write_data(root, dataset, test):
                                     test_good=test - 2 * defects, test_defects=defects)
 
 
-def flags(root, dataset):
-    """main.py flags of the benchmark's model under ``root``."""
+def flags(root, dataset, extra=""):
+    """main.py flags of the benchmark's model under ``root`` (and ``extra``, space-separated)."""
     root = Path(root)
     data = (["--dataset", "mnist", "--normal_class", "0"] if dataset == "mnist"
             else ["--dataset", "mvtec/tex", "--output_height", "64"])
     return [*data, "--batch_size", "64", "--retries", "0", "--data_dir", str(root / "data"),
             "--checkpoint_dir", str(root / "checkpoint"), "--sample_dir", str(root / "samples"),
-            "--log_dir", str(root / "logs")]
+            "--log_dir", str(root / "logs"), *extra.split()]
 
 
 def test_folder(root, dataset, size):
@@ -95,16 +96,16 @@ def peak_rss_mb():
     return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10
 
 
-def score(root, dataset, size, steps):
+def score(root, dataset, size, steps, extra):
     """Child process: scores ``size`` test images through main.py and prints its figures."""
     started = time.perf_counter()
-    status = anogan.main([*flags(root, dataset), "--anomaly_test", "--test_size", str(size),
+    status = anogan.main([*flags(root, dataset, extra), "--anomaly_test", "--test_size", str(size),
                           "--test_epoch", str(steps), *test_folder(root, dataset, size)])
     print(json.dumps({"images": size, "status": status, "peak_rss_mb": round(peak_rss_mb(), 1),
                       "seconds": round(time.perf_counter() - started, 1)}))
 
 
-def measure(root, dataset, size, steps):
+def measure(root, dataset, size, steps, extra):
     """Runs ``score`` in a fresh process; its JSON figures.
 
     OpenMP (the t-SNE plot's scikit-learn, not TensorFlow) gets one thread: its threads spin at
@@ -112,7 +113,8 @@ def measure(root, dataset, size, steps):
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, __file__, "--root", str(root), "--score", str(size),
-                           "--steps", str(steps), "--dataset", dataset], capture_output=True,
+                           "--steps", str(steps), "--dataset", dataset, f"--extra={extra}"],
+                          capture_output=True,
                           text=True, check=True, env=env)
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     if figures["status"] != 0:
@@ -123,15 +125,16 @@ def measure(root, dataset, size, steps):
 def main(argv=None):
     args = parse_args(argv)
     if args.score is not None:
-        return score(args.root, args.dataset, args.score, args.steps)
+        return score(args.root, args.dataset, args.score, args.steps, args.extra)
     with tempfile.TemporaryDirectory() as root:
         write_data(root, args.dataset, max(args.sizes))
         with contextlib.redirect_stdout(sys.stderr):  # stdout is for the JSON only
-            trained = anogan.main([*flags(root, args.dataset), "--train", "--epoch", "1",
+            trained = anogan.main([*flags(root, args.dataset, args.extra), "--train", "--epoch", "1",
                                    "--train_size", "64"])
         if trained != 0:
             raise RuntimeError("training the benchmark model failed")
-        runs = [measure(root, args.dataset, size, args.steps) for size in sorted(args.sizes)]
+        runs = [measure(root, args.dataset, size, args.steps, args.extra)
+                for size in sorted(args.sizes)]
     peaks = {str(run["images"]): run["peak_rss_mb"] for run in runs}
     common.print_json({
         "dataset": args.dataset, "steps": args.steps, "peak_rss_mb": peaks,

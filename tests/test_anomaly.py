@@ -33,9 +33,11 @@ def trained(tmp_path_factory):
     return root, flags
 
 
-def anomaly_test(flags, test_dir, *extra):
+def anomaly_test(flags, test_dir, *extra, figures=False):
+    """main.py's anomaly test of ``test_dir``; the figures only when a test looks at them."""
     return main.main([*flags, "--anomaly_test", "--test_dir", str(test_dir), "--test_epoch", "4",
-                      "--test_batch_size", "4", *map(str, extra)])
+                      "--test_batch_size", "4", *map(str, extra),
+                      *([] if figures else ["--no_figures"])])
 
 
 def read_scores(result_dir):
@@ -53,7 +55,7 @@ def labelled_test_dir(root):
 def test_labelled_folder_writes_every_output(trained):
     root, flags = trained
     test_dir = labelled_test_dir(root)
-    assert anomaly_test(flags, test_dir) == 0
+    assert anomaly_test(flags, test_dir, figures=True) == 0
     result_dir = test_dir / "test_result"
     rows = read_scores(result_dir)
     assert list(rows[0]) == list(evaluation.SCORE_COLUMNS)
@@ -137,7 +139,7 @@ def test_unlabelled_images_give_null_aucs_and_heldout_threshold(trained, capsys)
     root, flags = trained
     test_dir = root / "unlabelled"
     write_images(test_dir, 3, 28, kind=2, seed=9)
-    assert anomaly_test(flags, test_dir) == 0
+    assert anomaly_test(flags, test_dir, figures=True) == 0
     assert "held-out training images" in capsys.readouterr().out
     result_dir = test_dir / "test_result"
     metrics = json.loads((result_dir / "metrics.json").read_text())

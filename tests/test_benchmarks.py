@@ -1,5 +1,10 @@
-"""The benchmark scripts run on tiny shapes and print the figures they promise, as JSON."""
+"""The benchmark scripts run on tiny shapes and print the figures they promise, as JSON.
 
+Those that set TensorFlow's thread counts, or measure a process's memory, run in their own
+process; the others run in this one (no TensorFlow start-up of their own).
+"""
+
+import importlib
 import json
 import subprocess
 import sys
@@ -9,6 +14,7 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--height", "16", "--channels", "3", "--batch", "2"]
+TINY_MODEL = "--extra=--gf_dim 8 --df_dim 8 --z_dim 8"
 
 
 def run_benchmark(script, *args):
@@ -17,6 +23,15 @@ def run_benchmark(script, *args):
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
+
+
+def run_in_process(script, capsys, *args):
+    """What a benchmark script's ``main`` prints (``out``, ``err``), run in this process."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    capsys.readouterr()
+    importlib.import_module(script).main([str(arg) for arg in args])
+    return capsys.readouterr()
 
 
 def test_latent_search_prints_speedup_and_roofline():
@@ -38,32 +53,33 @@ def test_train_step_prints_images_per_second_and_roofline():
         figures["gflops"] / figures["matmul_gflops"], abs=0.01)
 
 
-def test_conv_layers_times_every_convolution_both_ways():
-    figures = run_benchmark("conv_layers.py", *TINY, "--seconds", "0.01")
+def test_conv_layers_times_every_convolution_both_ways(capsys):
+    figures = json.loads(run_in_process("conv_layers", capsys, *TINY, "--seconds", "0.01").out)
     assert len(figures["layers"]) == 8
     assert all(ms > 0 for ms in figures["total_ms"].values())
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "mvtec"])
 def test_scoring_memory_prints_peak_rss_per_size(dataset):
-    figures = run_benchmark("scoring_memory.py", "--dataset", dataset, "--sizes", "8", "16")
+    figures = run_benchmark("scoring_memory.py", "--dataset", dataset, "--sizes", "8", "16",
+                            TINY_MODEL + " --output_height 16 --no_figures")
     assert figures["dataset"] == dataset and set(figures["peak_rss_mb"]) == {"8", "16"}
     assert figures["ratio"] > 0
 
 
-def test_mvtec_synthetic_prints_image_and_pixel_aucs(tmp_path):
-    figures = run_benchmark("mvtec_synthetic.py", "--size", "16", "--train", "16",
-                            "--test_good", "4", "--test_defects", "2", "--batch_size", "8",
-                            "--epochs", "1", "--encoder_epoch", "1", "--modes", "b",
-                            "--image_scores", "sum,top1", "--work_dir", str(tmp_path),
-                            "--extra=--encoder_min_steps 2 --retries 0")
+def test_mvtec_synthetic_prints_image_and_pixel_aucs(tmp_path, capsys):
+    figures = json.loads(run_in_process(
+        "mvtec_synthetic", capsys, "--size", "16", "--train", "16", "--test_good", "4",
+        "--test_defects", "2", "--batch_size", "8", "--epochs", "1", "--encoder_epoch", "1",
+        "--modes", "b", "--image_scores", "sum,top1", "--work_dir", tmp_path,
+        TINY_MODEL + " --encoder_min_steps 2 --retries 0 --no_figures").out)
     assert figures["test_images"] == 8
     for name in ("b_sum", "b_top1"):
         assert 0 <= figures[name]["roc_auc"] <= 1 and 0 <= figures[name]["pixel_roc_auc"] <= 1
         assert set(figures[name]["per_type_roc_auc"]) == {"spot", "scratch"}
 
 
-def test_mnist_one_class_keeps_every_run_per_seed_and_reuses_them(tmp_path):
+def test_mnist_one_class_keeps_every_run_per_seed_and_reuses_them(tmp_path, capsys):
     from conftest import write_mnist
 
     write_mnist(tmp_path / "data" / "mnist", train_per_digit=30, test_per_digit=3)
@@ -71,11 +87,9 @@ def test_mnist_one_class_keeps_every_run_per_seed_and_reuses_them(tmp_path):
              "--epochs", "1", "--test_size", "20", "--test_epoch", "2", "--batch_size", "8",
              "--modes", "b_izif,a", "--work_dir", str(tmp_path / "work"), "--retries", "0",
              "--records", str(tmp_path / "records"),
-             "--extra=--encoder_min_steps 2 --z_dim 8 --gf_dim 8 --df_dim 8"]
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "mnist_one_class.py"), *flags],
-                          capture_output=True, text=True, timeout=900, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    decoder, text, rows = json.JSONDecoder(), done.stdout.strip(), []
+             TINY_MODEL + " --encoder_min_steps 2 --no_figures"]
+    decoder, text, rows = json.JSONDecoder(), run_in_process("mnist_one_class", capsys,
+                                                              *flags).out.strip(), []
     while text:
         row, end = decoder.raw_decode(text)
         rows.append(row)
@@ -93,8 +107,7 @@ def test_mnist_one_class_keeps_every_run_per_seed_and_reuses_them(tmp_path):
     assert per_digit["mean"] == pytest.approx(sum(aucs) / 2, abs=1e-4) and per_digit["n"] == 2
     assert summary["runs"] == 2 and summary["seeds"] == [0, 1]
     assert summary["health_failed_gan"] == [[1, 0], [1, 1]]  # tiny GANs collapse
-    again = subprocess.run([sys.executable, str(BENCHMARKS / "mnist_one_class.py"), *flags],
-                           capture_output=True, text=True, timeout=900, check=False)
-    assert again.returncode == 0 and "already trained" not in again.stderr
-    assert json.loads(again.stdout[again.stdout.index('{\n  "summary"'):])["summary"][
+    again, err = run_in_process("mnist_one_class", capsys, *flags)
+    assert "already trained" not in err  # the records alone
+    assert json.loads(again[again.index('{\n  "summary"'):])["summary"][
         "per_digit"]["1"]["b_izif"] == per_digit

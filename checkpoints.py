@@ -66,6 +66,11 @@ class CheckpointFolder:
         self.manager = tf.train.CheckpointManager(checkpoint, str(self.folder), KEEP)
         self.warnings = warnings
 
+    @property
+    def latest(self):
+        """The newest checkpoint's path (None before the first)."""
+        return self.manager.latest_checkpoint
+
     def holds_checkpoints(self):
         """Whether the folder holds any checkpoint (indexed or not)."""
         return bool(checkpoint_candidates(self.manager, self.folder))

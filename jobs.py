@@ -153,7 +153,7 @@ def train(job):
         print(f"training with --seed {flags.seed + attempt} failed its health check (kept in "
               f"{rejected}): training again with seed {flags.seed + attempt + 1}")
         keras.utils.set_random_seed(flags.seed + attempt + 1)
-    print(f"checkpoint: {dcgan.manager.latest_checkpoint} (seed {dcgan.training_seed})")
+    print(f"checkpoint: {dcgan.checkpoints.latest} (seed {dcgan.training_seed})")
 
 
 def train_once(job, dcgan, resumed, train_images, held_out, usable, steps_per_epoch, seed):
@@ -215,7 +215,7 @@ def train_encoder(job):
     if result is not None:
         print("encoder health: " + health.summary_line(result))
     warn(result, "encoder")
-    print(f"encoder checkpoint: {dcgan.encoder_manager.latest_checkpoint}")
+    print(f"encoder checkpoint: {dcgan.encoder_checkpoints.latest}")
 
 
 def saved_channels(job):

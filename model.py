@@ -45,7 +45,7 @@ from losses import (
 from networks import make_networks, variables_by_path
 from ops import prepared_transposes
 from runtime import ReentrantFolderLock, is_chief, on_replicas
-from search import SearchResult, starting_z
+from search import SearchResult, batch_starts
 
 
 def with_noise(dataset, z_dim, seed):
@@ -116,16 +116,6 @@ class DCGAN:
     @property
     def config_path(self):
         return self.checkpoint_dir / "config.json"
-
-    @property
-    def manager(self):
-        """The GAN's ``tf.train.CheckpointManager``."""
-        return self.checkpoints.manager
-
-    @property
-    def encoder_manager(self):
-        """The encoder's ``tf.train.CheckpointManager``."""
-        return self.encoder_checkpoints.manager
 
     def load(self):
         """Restores the latest checkpoint (and the encoder's, if any); False when there is none.
@@ -308,7 +298,7 @@ class DCGAN:
         phase = training.Phase(
             label="", step_fn=self.train_step_fn(batch_size), counter=self.step,
             epoch_batches=lambda epoch: with_noise(dataset, self.config.z_dim, seed + epoch),
-            save=self.save, latest=lambda: self.manager.latest_checkpoint,
+            save=self.save, latest=lambda: self.checkpoints.latest,
             samples=lambda epoch, index, writer: samples.save_samples(
                 self, sample_inputs, epoch, index, writer),
             epoch_end=epoch_end)
@@ -332,7 +322,7 @@ class DCGAN:
             label="encoder ", counter=self.encoder_step,
             step_fn=self._distributed(self._encoder_step, self.encoder_step, batch_size),
             epoch_batches=lambda epoch: dataset, save=self.save_encoder,
-            latest=lambda: self.encoder_manager.latest_checkpoint,
+            latest=lambda: self.encoder_checkpoints.latest,
             samples=lambda epoch, index, writer: samples.save_reconstructions(
                 self, *sample_images, epoch, index, writer))
         with self.exclusive():
@@ -465,13 +455,10 @@ class DCGAN:
         result does not depend on the batch size.
         """
         start = 0
-        random_starts = config.restarts > 1 or config.z_init == "random"
         for images, labels in tqdm(dataset, total=total_batches, desc="anomaly search",
                                    unit="batch"):
             count = int(tf.shape(images)[0])
-            z0 = (starting_z(range(start, start + count), self.config.z_dim, seed,
-                             config.restarts) if random_starts
-                  else np.zeros((count, self.config.z_dim), np.float32))  # replaced by E(x)
+            z0 = batch_starts(range(start, start + count), self.config.z_dim, seed, config)
             start += count
             yield images.numpy(), self.search(images, labels, z0, config)
 

@@ -1,6 +1,6 @@
 """Results of the latent-z search: ``SearchResult`` (per-image scores, final z and G(z) at the
-snapshot steps, split and best-of for restarts and conditions) and ``starting_z`` (each image's
-own reproducible random start)."""
+snapshot steps, split and best-of for restarts and conditions), ``starting_z`` (each image's
+own reproducible random start) and ``batch_starts`` (a batch's starts for one search)."""
 
 import dataclasses
 
@@ -58,3 +58,11 @@ def starting_z(indices, z_dim, seed=0, restarts=1):
 
     z = np.array([[draw(i, r) for i in indices] for r in range(restarts)], np.float32)
     return z[0] if restarts == 1 else z
+
+
+def batch_starts(indices, z_dim, seed, config):
+    """The starting z of the images ``indices`` for the search ``config``: their own random
+    starts (``starting_z``), or zeros that the search replaces by E(x)."""
+    if config.restarts > 1 or config.z_init == "random":
+        return starting_z(indices, z_dim, seed, config.restarts)
+    return np.zeros((len(indices), z_dim), np.float32)

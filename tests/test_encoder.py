@@ -97,7 +97,7 @@ def test_round_trip_in_a_fresh_process_computes_exactly_the_same(tmp_path):
         print("identical")
         """)], capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0 and "identical" in result.stdout, result.stderr[-3000:]
-    names = [name for name, _ in tf.train.list_variables(dcgan.manager.latest_checkpoint)]
+    names = [name for name, _ in tf.train.list_variables(dcgan.checkpoints.latest)]
     assert any("moving_variance" in name for name in names)
 
 

@@ -298,7 +298,7 @@ def test_metrics_are_valid_json_and_divergence_names_what_is_kept(tmp_path):
         return {"d_loss": float("nan")}
 
     phase = training.Phase("", diverging, dcgan.step, None, dcgan.save,
-                           lambda: dcgan.manager.latest_checkpoint, None)
+                           lambda: dcgan.checkpoints.latest, None)
     with pytest.raises(training.TrainingDiverged, match="no checkpoint was written"):
         training.logged_step(phase, (), tf.summary.create_noop_writer(),
                              type("Bar", (), {"set_postfix": lambda self, values: None})())

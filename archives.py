@@ -107,28 +107,36 @@ def refuse_oversized(archive: Path, target: Path, declared: int) -> None:
                             f"({free} bytes free at {existing}); nothing was extracted")
 
 
+def archive_entries(handle) -> list[tuple[str, str | None, int]]:
+    """(name, what makes it unsafe or None, declared size) of every entry of an open zip or tar
+    archive."""
+    if isinstance(handle, zipfile.ZipFile):
+        return [(i.filename, zip_entry_problem(i), i.file_size) for i in handle.infolist()]
+    return [(m.name, tar_entry_problem(m), m.size) for m in handle.getmembers()]
+
+
+def open_archive(archive: Path):
+    """``archive`` opened as a zip or tar file; DownloadError when it is neither."""
+    if zipfile.is_zipfile(archive):
+        return zipfile.ZipFile(archive)
+    if tarfile.is_tarfile(archive):
+        return tarfile.open(archive)
+    raise DownloadError(f"{archive} is not a zip or tar archive")
+
+
 def safe_extract(archive: Path, target: Path) -> Path:
     """Extract a zip or tar archive into target, after checking that no entry can escape it
     and that what the entries declare fits (``refuse_oversized``)."""
     archive, target = Path(archive), Path(target)
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            refuse_unsafe_entries(archive, target,
-                                  [(i.filename, zip_entry_problem(i)) for i in infos])
-            refuse_oversized(archive, target, sum(i.file_size for i in infos))
-            target.mkdir(parents=True, exist_ok=True)
-            zf.extractall(target)
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            members = tf.getmembers()
-            refuse_unsafe_entries(archive, target,
-                                  [(m.name, tar_entry_problem(m)) for m in members])
-            refuse_oversized(archive, target, sum(m.size for m in members))
-            target.mkdir(parents=True, exist_ok=True)
-            tf.extractall(target, members=members, **TAR_EXTRACT_OPTIONS)
-    else:
-        raise DownloadError(f"{archive} is not a zip or tar archive")
+    with open_archive(archive) as handle:
+        entries = archive_entries(handle)
+        refuse_unsafe_entries(archive, target, [(name, problem) for name, problem, _ in entries])
+        refuse_oversized(archive, target, sum(size for _, _, size in entries))
+        target.mkdir(parents=True, exist_ok=True)
+        if isinstance(handle, zipfile.ZipFile):
+            handle.extractall(target)
+        else:
+            handle.extractall(target, members=handle.getmembers(), **TAR_EXTRACT_OPTIONS)
     return target
 
 

@@ -78,6 +78,44 @@ def epoch_line(phase, epoch, epochs, losses, writer, chief):
             + (phase.epoch_end(writer) if chief else ""))
 
 
+class Loop:
+    """One run of a ``Phase``: its writer, and the step of the last sample grid written."""
+
+    def __init__(self, phase, steps_per_epoch, epochs, strategy, train_config):
+        self.phase, self.steps_per_epoch, self.epochs = phase, steps_per_epoch, epochs
+        self.strategy, self.config = strategy, train_config
+        self.chief = is_chief(strategy)
+        self.writer = (tf.summary.create_file_writer(train_config.log_dir) if self.chief
+                       else tf.summary.create_noop_writer())
+        self.sampled = None
+
+    def sample(self, epoch):
+        """Writes a sample grid at the current step, once per step, on the chief only."""
+        step = self.phase.steps_done
+        if self.chief and self.sampled != step:
+            self.phase.samples(epoch, step - epoch * self.steps_per_epoch, self.writer)
+            self.sampled = step
+
+    def epoch(self, epoch, stop):
+        """The rest of ``epoch``'s steps; their losses. Raises KeyboardInterrupt on ``stop``."""
+        phase, cfg = self.phase, self.config
+        done = phase.steps_done - epoch * self.steps_per_epoch
+        batches = self.strategy.experimental_distribute_dataset(
+            phase.epoch_batches(epoch).take(self.steps_per_epoch - done))
+        losses = []
+        with tqdm(batches, total=self.steps_per_epoch, initial=done, unit="step", leave=False,
+                  desc=f"{phase.label}epoch {epoch + 1}/{self.epochs}") as bar:
+            for batch in bar:
+                losses.append(logged_step(phase, batch, self.writer, bar))
+                if phase.steps_done % cfg.sample_every == 0:
+                    self.sample(epoch)
+                if phase.steps_done % cfg.save_every == 0:
+                    phase.save()
+                if stop.is_set():
+                    raise KeyboardInterrupt
+        return losses
+
+
 def run(phase, steps_per_epoch, epochs, strategy, train_config):
     """Trains ``phase`` until ``epochs`` epochs of ``steps_per_epoch`` steps are done.
 
@@ -85,43 +123,19 @@ def run(phase, steps_per_epoch, epochs, strategy, train_config):
     and when stopped; saves every ``save_every`` steps, at the end and when stopped (also when
     an output cannot be written). Returns the loss values of each step of this run.
     """
-    chief = is_chief(strategy)
-    writer = (tf.summary.create_file_writer(train_config.log_dir) if chief
-              else tf.summary.create_noop_writer())
-    sampled = None
-
-    def sample(epoch):
-        nonlocal sampled
-        step = phase.steps_done
-        if chief and sampled != step:
-            phase.samples(epoch, step - epoch * steps_per_epoch, writer)
-            sampled = step
-
+    loop = Loop(phase, steps_per_epoch, epochs, strategy, train_config)
     history = []
     epoch = phase.steps_done // steps_per_epoch
     try:
         with stop_requests() as stop:
             while epoch < epochs:
-                done = phase.steps_done - epoch * steps_per_epoch
-                batches = strategy.experimental_distribute_dataset(
-                    phase.epoch_batches(epoch).take(steps_per_epoch - done))
-                losses = []
-                with tqdm(batches, total=steps_per_epoch, initial=done, unit="step", leave=False,
-                          desc=f"{phase.label}epoch {epoch + 1}/{epochs}") as bar:
-                    for batch in bar:
-                        losses.append(logged_step(phase, batch, writer, bar))
-                        if phase.steps_done % train_config.sample_every == 0:
-                            sample(epoch)
-                        if phase.steps_done % train_config.save_every == 0:
-                            phase.save()
-                        if stop.is_set():
-                            raise KeyboardInterrupt
-                sample(epoch)
+                losses = loop.epoch(epoch, stop)
+                loop.sample(epoch)
                 history += losses
-                tqdm.write(epoch_line(phase, epoch, epochs, losses, writer, chief))
+                tqdm.write(epoch_line(phase, epoch, epochs, losses, loop.writer, loop.chief))
                 epoch += 1
     except KeyboardInterrupt:
-        sample(min(epoch, epochs - 1))
+        loop.sample(min(epoch, epochs - 1))
         path = phase.save()
         raise TrainingInterrupted(f"interrupted at step {phase.steps_done}; saved {path}: "
                                   "run again to resume") from None
@@ -129,5 +143,5 @@ def run(phase, steps_per_epoch, epochs, strategy, train_config):
         phase.save()  # an output that cannot be written loses no training
         raise
     phase.save()
-    writer.flush()
+    loop.writer.flush()
     return [tuple(step.values()) for step in history]

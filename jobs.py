@@ -94,11 +94,7 @@ def training_dataset(job, dcgan, images, seed=None):
 
 def build_model(job, channels):
     """The DCGAN for these flags with ``channels``, restored from its checkpoint when one
-    exists.
-
-    A checkpoint saved without batch-norm statistics gets them re-estimated from the
-    training images, with a warning.
-    """
+    exists (its recovery warnings printed); (model, whether it was restored)."""
     flags = job.flags
     dcgan = model.DCGAN(dataclasses.replace(job.model_config, c_dim=channels),
                         job.checkpoint_dir, job.train_config,
@@ -207,10 +203,10 @@ def train_encoder(job):
               f"of {steps_per_epoch} steps")
         reals = health_images(job, dcgan, train_images, held_out)
         shown = held_out if len(held_out) else train_images
-        samples = inputs.arrays(shown.subset(range(min(32, len(shown)))), image_spec(job, dcgan),
-                                dcgan.config.y_dim)
+        sample_images = inputs.arrays(shown.subset(range(min(32, len(shown)))),
+                                      image_spec(job, dcgan), dcgan.config.y_dim)
         dcgan.train_encoder(training_dataset(job, dcgan, train_images), steps_per_epoch,
-                            job.flags.batch_size, samples, reals)
+                            job.flags.batch_size, sample_images, reals)
     result = dcgan.health["encoder"]
     if result is not None:
         print("encoder health: " + health.summary_line(result))
@@ -336,10 +332,7 @@ def score_and_report(job, dcgan, result_dir):
     threshold, threshold_source = choose_threshold(job, dcgan, report)
     metrics = report.finish(threshold, threshold_source, {
         "seconds": round(seconds, 3), "images_per_second": round(len(source) / seconds, 3),
-        "test_epoch": flags.test_epoch, "z_init": flags.z_init, "score": flags.score,
-        "image_score": flags.image_score,
-        "ano_lambda": flags.ano_lambda, "encoder_kappa": flags.encoder_kappa,
-        "dis_loss": flags.dis_loss,
+        **scoring_mode(job.search_config, flags.image_score),
         "test_learning_rate": flags.test_learning_rate, "test_restarts": flags.test_restarts,
         "test_clip_z": flags.test_clip_z, "gan": dcgan.config.gan,
         "training_seed": dcgan.training_seed, "health": dcgan.health,

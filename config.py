@@ -84,13 +84,15 @@ class ModelConfig:
 class TrainConfig:
     """Hyper-parameters and output places of one training run (GAN and encoder).
 
-    ``n_critic`` and ``gp_weight`` are WGAN-GP's: G is updated after every ``n_critic``-th
-    critic update, and ``gp_weight`` weighs the gradient penalty. The encoder trains for
-    ``encoder_epochs`` epochs but at least ``encoder_min_steps`` steps, so that small folders
-    get a converged encoder too.
+    The GAN trains for ``epochs`` epochs but at least ``min_steps`` steps (0: the original's
+    epochs alone). ``n_critic`` and ``gp_weight`` are WGAN-GP's: G is updated after every
+    ``n_critic``-th critic update, and ``gp_weight`` weighs the gradient penalty. The encoder
+    trains for ``encoder_epochs`` epochs but at least ``encoder_min_steps`` steps, so that small
+    folders get a converged encoder too.
     """
 
     epochs: int = 25
+    min_steps: int = 0
     learning_rate: float = 0.0002
     beta1: float = 0.5
     beta2: float = 0.999
@@ -108,6 +110,7 @@ class TrainConfig:
     def __post_init__(self):
         check_fields([
             (self.epochs < 1, "--epoch must be positive"),
+            (self.min_steps < 0, "--min_steps must be >= 0"),
             (self.encoder_epochs < 1, "--encoder_epoch must be positive"),
             (self.encoder_min_steps < 0, "--encoder_min_steps must be >= 0"),
             (self.n_critic < 1, "--n_critic must be positive"),
@@ -120,6 +123,10 @@ class TrainConfig:
              "--save_every/--sample_every must be > 0"),
             (not self.encoder_kappa >= 0, "--encoder_kappa must be >= 0"),
         ])
+
+    def epochs_for(self, steps_per_epoch):
+        """The GAN's epochs: ``epochs``, or more to reach ``min_steps``."""
+        return max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
 
     def encoder_epochs_for(self, steps_per_epoch):
         """The encoder's epochs: ``encoder_epochs``, or more to reach ``encoder_min_steps``."""

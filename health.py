@@ -29,7 +29,7 @@ from config import SearchConfig
 from samples import sample_inputs
 from search import starting_z
 
-ADVICE = "try another --seed or more --epoch"
+ADVICE = "try another --seed or train longer (--epoch, --min_steps)"
 ENCODER_ADVICE = "train the encoder longer (--encoder_min_steps)"
 
 

@@ -160,9 +160,10 @@ def train_once(job, dcgan, resumed, train_images, held_out, usable, steps_per_ep
         if resumed:
             seed = dcgan.training_seed if dcgan.training_seed is not None else seed
             print(f"resuming from step {dcgan.steps_done} in {dcgan.checkpoint_dir}")
-        if dcgan.steps_done >= flags.epoch * steps_per_epoch:
-            print(f"already trained {dcgan.steps_done} steps ({flags.epoch} epochs): raise "
-                  "--epoch to train more")
+        epochs = job.train_config.epochs_for(steps_per_epoch)
+        if dcgan.steps_done >= epochs * steps_per_epoch:
+            print(f"already trained {dcgan.steps_done} steps ({epochs} epochs): raise "
+                  "--epoch or --min_steps to train more")
             if dcgan.health["gan"] is None and reals is not None:
                 dcgan.training_seed = seed if dcgan.training_seed is None else dcgan.training_seed
                 dcgan.check_health(reals, "gan")

@@ -107,7 +107,9 @@ def build_parser():
              "unconditional one [10 for mnist, else 0]")
 
     fit = p.add_argument_group("training").add_argument
-    fit("--epoch", type=int, default=25, help="epochs to train")
+    fit("--epoch", type=int, default=25, help="epochs to train (at least --min_steps steps)")
+    fit("--min_steps", type=int, default=config.TrainConfig.min_steps,
+        help="fewest GAN training steps, whatever the folder's size (0: --epoch alone)")
     fit("--learning_rate", type=finite_float, default=None,
         help="Adam learning rate of G and D [0.0002; 0.0001 for wgan_gp]")
     fit("--beta1", type=finite_float, default=None,
@@ -254,7 +256,7 @@ def train_config(args, log_dir):
     WGAN-GP."""
     wgan = args.gan == "wgan_gp"
     return config.TrainConfig(
-        epochs=args.epoch,
+        epochs=args.epoch, min_steps=args.min_steps,
         learning_rate=(args.learning_rate if args.learning_rate is not None
                        else 0.0001 if wgan else 0.0002),
         beta1=args.beta1 if args.beta1 is not None else (0.0 if wgan else 0.5),

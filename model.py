@@ -280,7 +280,8 @@ class DCGAN:
         return self._distributed(step_fn, self.step, batch_size)
 
     def train(self, dataset, steps_per_epoch, batch_size, sample_inputs, seed=0, reals=None):
-        """Trains G and D until ``epochs`` epochs of ``steps_per_epoch`` batches are done.
+        """Trains G and D until ``epochs_for(steps_per_epoch)`` epochs of ``steps_per_epoch``
+        batches are done.
 
         ``dataset`` yields (images, labels) batches of ``batch_size`` and is iterated once per
         epoch; ``sample_inputs`` is the fixed (z, labels) of the sample grids. Resumes from
@@ -303,7 +304,8 @@ class DCGAN:
                 self, sample_inputs, epoch, index, writer),
             epoch_end=epoch_end)
         with self.exclusive():
-            return training.run(phase, steps_per_epoch, self.train_config.epochs, self.strategy,
+            return training.run(phase, steps_per_epoch,
+                                self.train_config.epochs_for(steps_per_epoch), self.strategy,
                                 self.train_config)
 
     def train_encoder(self, dataset, steps_per_epoch, batch_size, sample_images, reals=None):

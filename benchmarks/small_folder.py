@@ -1,15 +1,17 @@
 """A small folder of real images: the recommended one-pass mode against the original search.
 
     python benchmarks/small_folder.py --data_dir ../shared/data --digit 3 --train 120
-        [--batch_size 16] [--epochs 25] [--test 200] [--work_dir out/small_folder]
+        [--batch_size 16] [--epochs 25] [--min_steps 1000] [--test 200]
+        [--work_dir out/small_folder]
 
 Writes ``--train`` MNIST training images of one digit as PNG files (a user's own small folder;
 the unconditional DCGAN, as for any folder), and ``--test`` MNIST test images (half that digit in
-normal/, half the others in anomaly/), trains the GAN and its encoder with main.py's defaults
-(``--encoder_min_steps`` included), then scores the test folder with the README's mode for
+normal/, half the others in anomaly/), trains the GAN as the README recommends for folders
+(``--min_steps``) and its encoder with main.py's defaults (``--encoder_min_steps`` included),
+then scores the test folder with the README's mode for
 folders (z = E(x), ``--image_score top1``), the same mode with the summed score, and the original
-search (z from U(-1, 1), 100 steps). Prints one JSON object: each mode's ROC AUC, the encoder's
-training steps and the health check.
+search (z from U(-1, 1), 100 steps). Prints one JSON object: each mode's ROC AUC, the GAN's and
+the encoder's training steps and the health check.
 """
 
 import argparse
@@ -35,6 +37,8 @@ def parse_args(argv=None):
     parser.add_argument("--test", type=int, default=200)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--min_steps", type=int, default=1000,
+                        help="fewest GAN steps (the README's recommendation for folders)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work_dir", default="out/small_folder")
     return parser.parse_args(argv)
@@ -66,11 +70,12 @@ def main(argv=None):
         write_folders(args, work)
     flags = ["--dataset", "small", "--data_dir", work / "data", "--input_fname_pattern", "*.png",
              "--input_height", 28, "--output_height", 28, "--batch_size", args.batch_size,
-             "--epoch", args.epochs, "--seed", args.seed, "--checkpoint_dir", work / "checkpoint",
-             "--sample_dir", work / "samples", "--log_dir", work / "logs", "--test_dir",
-             work / "test"]
+             "--epoch", args.epochs, "--min_steps", args.min_steps, "--seed", args.seed,
+             "--checkpoint_dir", work / "checkpoint", "--sample_dir", work / "samples",
+             "--log_dir", work / "logs", "--test_dir", work / "test"]
     figures = {"digit": args.digit, "train_images": args.train, "test_images": args.test,
                "batch_size": args.batch_size, "gan_epochs": args.epochs,
+               "gan_min_steps": args.min_steps,
                "train_seconds": common.run_main([*flags, "--train"]),
                "encoder_seconds": common.run_main([*flags, "--train_encoder"])}
     for name, mode in MODES.items():
@@ -78,6 +83,7 @@ def main(argv=None):
             common.run_main([*flags, "--anomaly_test", *mode, "--test_result_dir", name])
         metrics = json.loads((work / "test" / name / "metrics.json").read_text())
         figures[name] = {key: metrics[key] for key in ("roc_auc", "pr_auc", "seconds")}
+        figures["gan_steps"] = metrics["gan_steps"]
         figures["encoder_steps"] = metrics["encoder_steps"] or figures.get("encoder_steps")
         figures["health"] = metrics["health"]
     common.print_json({**figures, **common.environment()})

@@ -226,6 +226,7 @@ def test_an_interrupted_anomaly_test_leaves_the_old_results_whole(tiny_detector,
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--seed", "-1"], "--seed must be >= 0"),
+    (["--min_steps", "-1"], "--min_steps must be >= 0"),
     (["--test_learning_rate", "inf"], "expected a finite number, got 'inf'"),
     (["--threshold", "nan"], "expected a finite number, got 'nan'"),
     (["--learning_rate", "nan"], "expected a finite number, got 'nan'"),

@@ -78,6 +78,11 @@ def test_rgb_32_with_crop_trains_samples_and_resumes(workdir, capsys):
     assert run_main(*flags[:-3], "--epoch", 3, "--train") == 0
     assert "already trained 9 steps" in capsys.readouterr().out
 
+    # --min_steps 13 is a floor over --epoch: ceil(13 / 3) = 5 epochs, 15 steps.
+    assert run_main(*flags[:-3], "--epoch", 3, "--min_steps", 13, "--train") == 0
+    assert "resuming from step 9" in capsys.readouterr().out
+    assert checkpoint_steps(folder)[-1] == 15
+
 
 def test_mismatched_checkpoint_is_refused(workdir, capsys):
     write_images(workdir / "data" / "gray", 24, 28)

@@ -61,7 +61,8 @@ def test_measures_tell_collapse_and_noise_from_real_images():
     assert result["failures"][0].startswith("diversity 0.1 < 0.7")
     line = health.warning_line(result)
     assert line.startswith("warning: training health check failed: diversity 0.1 < 0.7")
-    assert "--seed" in line and "--gan wgan_gp" in line and "\n" not in line
+    assert "--seed" in line and "--min_steps" in line and "--gan wgan_gp" in line
+    assert "\n" not in line
     assert "--gan wgan_gp" not in health.warning_line(result, gan="wgan_gp")
     assert health.verdict({"diversity": 0.9, "fidelity": 1.1})["passed"]
     assert health.warning_line(health.verdict({"diversity": 0.9})) is None

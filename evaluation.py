@@ -21,6 +21,7 @@ import tensorflow as tf
 from PIL import Image
 
 import inputs
+import losses
 import utils
 
 SCORE_COLUMNS = ("file", "label", "anomaly_score", "residual_loss", "discrimination_loss",
@@ -55,8 +56,8 @@ def residual_map(images, fakes, value_range):
 
 
 def anomaly_maps(images, fakes, value_range):
-    """The per-pixel residual |x - G(z)| averaged over channels, in [0, 1]: (n, h, w)."""
-    return residual_map(images, fakes, value_range).mean(axis=-1)
+    """``losses.anomaly_map`` of NumPy batches, as a NumPy array (n, h, w)."""
+    return losses.anomaly_map(np.asarray(images), np.asarray(fakes), value_range).numpy()
 
 
 class PixelROC:

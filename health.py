@@ -14,6 +14,9 @@ training images alone, in pixels scaled to [0, 1], and RMS distances per pixel:
 - ``encoder_vs_search``: that residual over the residual after a short latent search from a
   random z; an unconverged encoder is beaten by a few search steps.
 
+When G(E(x)) is little better than the mean image and the short search is not either, G (not
+E) is what fails on held-out images, and the warning says to train the GAN instead.
+
 The limits are measured (see benchmarks/README.md): a check fails when a value is past its
 limit, and the warning says what to do. ``check_gan`` and ``check_encoder`` run the checks on a
 ``DCGAN``; ``log_health`` writes a result to TensorBoard.
@@ -31,6 +34,9 @@ from search import starting_z
 
 ADVICE = "try another --seed or train longer (--epoch, --min_steps)"
 ENCODER_ADVICE = "train the encoder longer (--encoder_min_steps)"
+GENERATOR_ADVICE = ("G itself regenerates held-out images little better: a short search "
+                    "reaches {:.2f} of the mean image's residual; train the GAN longer (--epoch, "
+                    "--min_steps) or on more images, a longer encoder training will not help")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,11 +141,26 @@ def summary_line(result):
     return ", ".join(parts)
 
 
+def search_vs_mean(result):
+    """The short search's residual over the mean image's (None without both)."""
+    if "search_residual" not in result or "mean_image_residual" not in result:
+        return None
+    return result["search_residual"] / max(result["mean_image_residual"], 1e-12)
+
+
+def encoder_advice(result, limits=LIMITS):
+    """What to do about a failed encoder check: train E longer, unless G is the limit."""
+    ratio = search_vs_mean(result)
+    if ratio is not None and ratio > limits.max_encoder_vs_mean:
+        return GENERATOR_ADVICE.format(ratio)
+    return ENCODER_ADVICE
+
+
 def warning_line(result, what="training", gan="dcgan"):
     """The one warning line of a failed verdict, or None when it passed."""
     if result is None or result["passed"]:
         return None
-    advice = (ENCODER_ADVICE if what == "encoder"
+    advice = (encoder_advice(result) if what == "encoder"
               else ADVICE + (", or --gan wgan_gp" if gan == "dcgan" else ""))
     return (f"warning: {what} health check failed: " + "; ".join(result["failures"])
             + f": {advice}")

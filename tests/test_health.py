@@ -78,6 +78,22 @@ def test_encoder_measures_compare_with_the_mean_image_and_the_search():
     assert not health.verdict({**measures, "encoder_vs_search": 2.0})["passed"]
 
 
+def test_the_encoder_warning_blames_g_when_the_search_fails_too():
+    held = np.linspace(0, 1, 4 * 16).reshape(4, 4, 4, 1)
+    references = np.concatenate([held, 1 - held])  # mean image 0.5 everywhere
+    unconverged = health.verdict(health.encoder_measures(held, 1 - held, held + 0.01, references))
+    line = health.warning_line(unconverged, "encoder")
+    assert "encoder_vs_mean" in line and line.endswith("train the encoder longer "
+                                                       "(--encoder_min_steps)")
+    searched_badly = 0.5 + (held - 0.5) * 0.1  # near the mean image too
+    weak_g = health.verdict(health.encoder_measures(held, searched_badly, searched_badly,
+                                                    references))
+    assert health.search_vs_mean(weak_g) == pytest.approx(0.9, abs=1e-3)
+    line = health.warning_line(weak_g, "encoder")
+    assert "a short search reaches 0.90 of the mean image's residual" in line
+    assert "train the GAN longer" in line and "\n" not in line
+
+
 @pytest.fixture(scope="module")
 def wgan(tmp_path_factory):
     """A tiny WGAN-GP trained 2 epochs with one retry (its G fails the check: too few

@@ -96,7 +96,8 @@ def main(argv=None):
              "--encoder_epoch", args.encoder_epoch, "--batch_size", args.batch_size,
              "--gan", args.gan, *args.extra.split()]
     figures = {"size": args.size, "train_images": args.train, "photo": args.photo,
-               "gan": args.gan, "subtle_defects": args.subtle, "test_images": args.test_good + 2 * args.test_defects,
+               "gan": args.gan, "subtle_defects": args.subtle,
+               "test_images": args.test_good + 2 * args.test_defects,
                "gan_epochs": args.epochs, "encoder_epochs": args.encoder_epoch,
                "train_seconds": common.run_main([*flags, "--train"]),
                "encoder_seconds": common.run_main([*flags, "--train_encoder"])}
@@ -115,6 +116,8 @@ def main(argv=None):
                 "roc_auc", "pixel_roc_auc", "per_type_roc_auc", "seconds", "images_per_second")}
             figures["health"], figures["training_seed"] = metrics["health"], metrics[
                 "training_seed"]
+            figures["gan_steps"], figures["encoder_steps"] = (metrics["gan_steps"],
+                                                              metrics["encoder_steps"])
     common.print_json({**figures, **common.environment()})
 
 

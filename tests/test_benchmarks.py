@@ -72,8 +72,10 @@ def test_mvtec_synthetic_prints_image_and_pixel_aucs(tmp_path, capsys):
         "mvtec_synthetic", capsys, "--size", "16", "--train", "16", "--test_good", "4",
         "--test_defects", "2", "--batch_size", "8", "--epochs", "1", "--encoder_epoch", "1",
         "--modes", "b", "--image_scores", "sum,top1", "--work_dir", tmp_path,
-        TINY_MODEL + " --encoder_min_steps 2 --retries 0 --no_figures").out)
+        TINY_MODEL + " --encoder_min_steps 2 --min_steps 4 --retries 0 --no_figures").out)
     assert figures["test_images"] == 8
+    # 16 images less a held-out tenth at batch 8: 1 step per epoch, so --min_steps sets it.
+    assert figures["gan_steps"] == 4 and figures["encoder_steps"] == 2
     for name in ("b_sum", "b_top1"):
         assert 0 <= figures[name]["roc_auc"] <= 1 and 0 <= figures[name]["pixel_roc_auc"] <= 1
         assert set(figures[name]["per_type_roc_auc"]) == {"spot", "scratch"}

@@ -126,11 +126,17 @@ class TrainConfig:
 
     def epochs_for(self, steps_per_epoch):
         """The GAN's epochs: ``epochs``, or more to reach ``min_steps``."""
-        return max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
+        return epochs_with_floor(self.epochs, self.min_steps, steps_per_epoch)
 
     def encoder_epochs_for(self, steps_per_epoch):
         """The encoder's epochs: ``encoder_epochs``, or more to reach ``encoder_min_steps``."""
-        return max(self.encoder_epochs, math.ceil(self.encoder_min_steps / steps_per_epoch))
+        return epochs_with_floor(self.encoder_epochs, self.encoder_min_steps, steps_per_epoch)
+
+
+def epochs_with_floor(epochs, min_steps, steps_per_epoch):
+    """``epochs``, or the fewest whole epochs of ``steps_per_epoch`` steps that reach
+    ``min_steps``, whichever is more."""
+    return max(epochs, math.ceil(min_steps / steps_per_epoch))
 
 
 SCORES = ("anogan", "izif")

@@ -109,12 +109,13 @@ def encoder_measures(held_out, reconstructions, searched, references):
     """The encoder's measures from held-out images, G(E(x)), G(z) after a short search, and
     the training images (for the mean-image baseline)."""
     residual = mean_abs(held_out, reconstructions)
+    mean_image = mean_abs(held_out, references.mean(axis=0))
+    search = mean_abs(held_out, searched)
     return {"encoder_residual": round(residual, 5),
-            "mean_image_residual": round(mean_abs(held_out, references.mean(axis=0)), 5),
-            "search_residual": round(mean_abs(held_out, searched), 5),
-            "encoder_vs_mean": round(residual / max(mean_abs(
-                held_out, references.mean(axis=0)), 1e-12), 4),
-            "encoder_vs_search": round(residual / max(mean_abs(held_out, searched), 1e-12), 4)}
+            "mean_image_residual": round(mean_image, 5),
+            "search_residual": round(search, 5),
+            "encoder_vs_mean": round(residual / max(mean_image, 1e-12), 4),
+            "encoder_vs_search": round(residual / max(search, 1e-12), 4)}
 
 
 def verdict(measures, limits=LIMITS):

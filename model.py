@@ -31,6 +31,7 @@ import health
 import samples
 import training
 import utils
+from augmentation import augment
 from checkpoints import CheckpointFolder, read_model_config
 from config import TrainConfig
 from losses import (
@@ -206,7 +207,8 @@ class DCGAN:
     # Training --------------------------------------------------------------------------------
 
     def _critic(self, images, labels):
-        """D's logits in training mode."""
+        """D's logits in training mode, of the images through ``train_config.augment``."""
+        images = augment(images, self.train_config.augment)
         return self.discriminator(images, labels, training=True)[0]
 
     def _fakes(self, labels, z):

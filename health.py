@@ -43,7 +43,8 @@ GENERATOR_ADVICE = ("G itself regenerates held-out images little better: a short
 class HealthLimits:
     """Where each measure turns from healthy to failed, set between what healthy and failed
     runs measured (benchmarks/README.md): healthy one-class MNIST GANs gave diversity 0.82-1.01,
-    fidelity 0.96-1.11, encoder_vs_mean 0.27-0.55 and encoder_vs_search 0.99-1.18; collapsed
+    fidelity 0.96-1.11, encoder_vs_mean 0.27-0.55 and encoder_vs_search 0.99-1.18 (DCGAN) and
+    1.34-1.52 (WGAN-GP, whose G a short search inverts more closely); collapsed
     ones (unconditional, digits 2 and 3) diversity 0.53-0.62 and encoder_vs_mean 0.95; an
     encoder trained 9 steps encoder_vs_mean 1.09 and encoder_vs_search 2.48; untrained tiny Gs
     fidelity 6.8-8.2."""
@@ -51,7 +52,7 @@ class HealthLimits:
     min_diversity: float = 0.7
     max_fidelity: float = 1.5
     max_encoder_vs_mean: float = 0.8
-    max_encoder_vs_search: float = 1.5
+    max_encoder_vs_search: float = 2.0
 
 
 LIMITS = HealthLimits()

@@ -5,7 +5,6 @@ and ``SearchConfig`` (the AnoGAN latent search and its score)."""
 import dataclasses
 import math
 
-from augmentation import POLICIES
 from losses import anomaly_score, izif_score
 from ops import halve
 
@@ -89,8 +88,7 @@ class TrainConfig:
     epochs alone). ``n_critic`` and ``gp_weight`` are WGAN-GP's: G is updated after every
     ``n_critic``-th critic update, and ``gp_weight`` weighs the gradient penalty. The encoder
     trains for ``encoder_epochs`` epochs but at least ``encoder_min_steps`` steps, so that small
-    folders get a converged encoder too. ``augment``: the DiffAugment policies applied to D's
-    inputs in GAN training (``augmentation.POLICIES``; none by default, as the original).
+    folders get a converged encoder too.
     """
 
     epochs: int = 25
@@ -108,7 +106,6 @@ class TrainConfig:
     encoder_learning_rate: float = 0.00005
     encoder_kappa: float = 1.0
     encoder_min_steps: int = 250
-    augment: tuple = ()
 
     def __post_init__(self):
         check_fields([
@@ -125,8 +122,6 @@ class TrainConfig:
             (self.save_every < 1 or self.sample_every < 1,
              "--save_every/--sample_every must be > 0"),
             (not self.encoder_kappa >= 0, "--encoder_kappa must be >= 0"),
-            (not isinstance(self.augment, tuple) or any(p not in POLICIES for p in self.augment),
-             f"--augment takes a comma-separated list of {', '.join(POLICIES)}"),
         ])
 
     def epochs_for(self, steps_per_epoch):

@@ -19,7 +19,6 @@ import runtime
 
 runtime.import_tensorflow()  # before anything imports it: its start-up notices held back
 
-import augmentation
 import config
 import inputs
 import jobs
@@ -48,16 +47,6 @@ def finite_float(text):
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
-
-
-def policy_list(text):
-    """A comma-separated list of DiffAugment policies ('' for none)."""
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in augmentation.POLICIES]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown policy {unknown[0]!r}: choose from {', '.join(augmentation.POLICIES)}")
-    return names
 
 
 def threshold_value(text):
@@ -130,9 +119,6 @@ def build_parser():
     fit("--n_critic", type=int, default=5, help="wgan_gp: critic updates per G update")
     fit("--gp_weight", type=finite_float, default=10.0,
         help="wgan_gp: weight of the gradient penalty")
-    fit("--augment", type=policy_list, default=(),
-        help="DiffAugment of D's inputs, comma-separated: color, translation, cutout "
-             "(for small folders; none by default)")
     fit("--retries", type=int, default=1,
         help="trainings started again with the next seed when the health check fails at the end")
     fit("--batch_size", type=int, default=64, help="training batch size")
@@ -275,7 +261,7 @@ def train_config(args, log_dir):
                        else 0.0001 if wgan else 0.0002),
         beta1=args.beta1 if args.beta1 is not None else (0.0 if wgan else 0.5),
         beta2=args.beta2 if args.beta2 is not None else (0.9 if wgan else 0.999),
-        n_critic=args.n_critic, gp_weight=args.gp_weight, augment=args.augment,
+        n_critic=args.n_critic, gp_weight=args.gp_weight,
         encoder_min_steps=args.encoder_min_steps, save_every=args.save_every,
         sample_every=args.sample_every, sample_dir=args.sample_dir, log_dir=str(log_dir),
         encoder_epochs=args.encoder_epoch, encoder_learning_rate=args.encoder_learning_rate,

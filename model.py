@@ -31,7 +31,6 @@ import health
 import samples
 import training
 import utils
-from augmentation import augment
 from checkpoints import CheckpointFolder, read_model_config
 from config import TrainConfig
 from losses import (
@@ -207,8 +206,7 @@ class DCGAN:
     # Training --------------------------------------------------------------------------------
 
     def _critic(self, images, labels):
-        """D's logits in training mode, of the images through ``train_config.augment``."""
-        images = augment(images, self.train_config.augment)
+        """D's logits in training mode."""
         return self.discriminator(images, labels, training=True)[0]
 
     def _fakes(self, labels, z):

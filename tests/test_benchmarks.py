@@ -59,12 +59,29 @@ def test_conv_layers_times_every_convolution_both_ways(capsys):
     assert all(ms > 0 for ms in figures["total_ms"].values())
 
 
-@pytest.mark.parametrize("dataset", ["mnist", "mvtec"])
-def test_scoring_memory_prints_peak_rss_per_size(dataset):
-    figures = run_benchmark("scoring_memory.py", "--dataset", dataset, "--sizes", "8", "16",
+def test_scoring_memory_prints_peak_rss_per_size():
+    figures = run_benchmark("scoring_memory.py", "--dataset", "mvtec", "--sizes", "8", "16",
                             TINY_MODEL + " --output_height 16 --no_figures")
-    assert figures["dataset"] == dataset and set(figures["peak_rss_mb"]) == {"8", "16"}
+    assert figures["dataset"] == "mvtec" and set(figures["peak_rss_mb"]) == {"8", "16"}
     assert figures["ratio"] > 0
+
+
+def test_scoring_memorys_mnist_set_is_one_class_training_and_a_mixed_test_split(tmp_path):
+    """The ``--dataset mnist`` branch's data, read back as main.py reads it (its scoring runs
+    the same processes as the mvtec branch above)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    scoring_memory = importlib.import_module("scoring_memory")
+    inputs = importlib.import_module("inputs")
+    scoring_memory.write_data(tmp_path, "mnist", 50)
+    folder = tmp_path / "data" / "mnist"
+    train, train_labels = inputs.load_mnist(folder, "train")
+    test, test_labels = inputs.load_mnist(folder, "test")
+    assert train.shape == (160, 28, 28, 1) and set(train_labels) == {0}
+    assert test.shape == (50, 28, 28, 1) and len(set(test_labels)) > 1
+    flags = scoring_memory.flags(tmp_path, "mnist", "--z_dim 8")
+    assert flags[:4] == ["--dataset", "mnist", "--normal_class", "0"] and flags[-2:] == [
+        "--z_dim", "8"]
 
 
 def test_mvtec_synthetic_prints_image_and_pixel_aucs(tmp_path, capsys):

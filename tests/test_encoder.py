@@ -262,10 +262,10 @@ def test_encoder_error_cases_are_one_line(trained, tmp_path, capsys):
     capsys.readouterr()
     assert run_main(fresh, "--anomaly_test", "--test_dir", test_dir, "--z_init", "encoder") == 2
     assert "was trained for G at step 12, G is now at step 16" in error_line(capsys)
-    assert run_main(fresh, "--train_encoder", "--encoder_epoch", 1, "--epoch", 4) == 0
+    assert run_main(fresh, "--train_encoder", "--encoder_epoch", 1, "--epoch", 4,
+                    "--anomaly_test", "--test_dir", test_dir, "--z_init", "encoder",
+                    "--test_epoch", 0, "--test_result_dir", "again") == 0
     assert "training it again" in capsys.readouterr().out
-    assert run_main(fresh, "--anomaly_test", "--test_dir", test_dir, "--z_init", "encoder",
-                    "--epoch", 4, "--test_epoch", 0, "--test_result_dir", "again") == 0
 
 
 def test_search_config_checks_its_own_fields():

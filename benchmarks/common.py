@@ -22,7 +22,8 @@ import phase_conv
 
 
 def shape_parser(description, steps=None, threads=False):
-    """An argument parser with the benchmark's image shape and batch (and steps, threads)."""
+    """An argument parser with the benchmark's image shape and batch (and steps; with
+    ``threads`` thread counts, seed and the roofline matmul's length)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--height", type=int, default=28)
     parser.add_argument("--width", type=int, default=None, help="default: --height")
@@ -34,6 +35,8 @@ def shape_parser(description, steps=None, threads=False):
         parser.add_argument("--intra_threads", type=int, default=0, help="0: TensorFlow's default")
         parser.add_argument("--inter_threads", type=int, default=0, help="0: TensorFlow's default")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--matmul_seconds", type=float, default=1.5,
+                            help="length of each roofline matmul measurement")
     return parser
 
 

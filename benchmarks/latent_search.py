@@ -62,13 +62,13 @@ def main(argv=None):
         z0 = rng.uniform(-1, 1, (count, dcgan.config.z_dim)).astype(np.float32)
         search = SearchConfig(steps=args.steps, dis_loss=args.dis_loss)
         timed_search(dcgan, images[:1], z0[:1], search)  # traces the search, for any batch
-        matmul = [common.matmul_gflops()]
+        matmul = [common.matmul_gflops(seconds=args.matmul_seconds)]
         singles, batches = [], []
         for _ in range(args.repeats):
             singles.append(sum(timed_search(dcgan, images[i:i + 1], z0[i:i + 1], search)
                                for i in range(args.per_image)))
             batches.append(timed_search(dcgan, images[:args.batch], z0[:args.batch], search))
-        matmul.append(common.matmul_gflops())
+        matmul.append(common.matmul_gflops(seconds=args.matmul_seconds))
     flops = search_flops(dcgan, args.dis_loss)
     per_image = args.per_image * args.steps / min(singles)
     batched = args.batch * args.steps / min(batches)

@@ -57,13 +57,13 @@ def main(argv=None):
     z = tf.constant(rng.uniform(-1, 1, (args.batch, dcgan.config.z_dim)), tf.float32)
     step = dcgan.train_step_fn(args.batch)
     [loss.numpy() for loss in step(images, labels, z).values()]
-    matmul = [common.matmul_gflops()]
+    matmul = [common.matmul_gflops(seconds=args.matmul_seconds)]
     started = time.perf_counter()
     for _ in range(args.steps):
         losses = step(images, labels, z)
     [loss.numpy() for loss in losses.values()]
     seconds = time.perf_counter() - started
-    matmul.append(common.matmul_gflops())
+    matmul.append(common.matmul_gflops(seconds=args.matmul_seconds))
     flops = train_flops(dcgan)
     images_per_s = args.batch * args.steps / seconds
     matmul_mean = sum(matmul) / len(matmul)

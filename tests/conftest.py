@@ -15,6 +15,16 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Two workers share two cores: one intra-op thread each (and in their subprocesses) keeps them
+# from contending for both cores on every tiny op.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+
+SHARED_DETECTOR_GROUP = "tiny_detector"
+SLOWEST_GROUPS_FIRST = ("tiny_detector", "test_benchmarks", "test_encoder", "test_train",
+                        "test_robustness", "test_anomaly", "test_distribute", "test_cli",
+                        "test_health", "test_mvtec")
+"""xdist groups in the order they are handed to the workers: longest first (as measured by
+``pytest --durations``), so that no long module is left to run alone at the end."""
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -96,6 +106,29 @@ def read_scores(result_dir):
     """The rows of an anomaly test's scores.csv, as dicts."""
     with open(f"{result_dir}/scores.csv", newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
+
+
+def xdist_group(item, shared_modules):
+    """The worker group of a test: its module (module fixtures set up once), or one group for
+    every module using ``tiny_detector`` (trained once)."""
+    module = item.module.__name__
+    return SHARED_DETECTOR_GROUP if module in shared_modules else module
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Marks each test with its ``xdist_group`` (``--dist loadgroup``), longest groups first."""
+    shared = {item.module.__name__ for item in items
+              if SHARED_DETECTOR_GROUP in getattr(item, "fixturenames", ())}
+    groups = {item: xdist_group(item, shared) for item in items}
+    for item, group in groups.items():
+        item.add_marker(pytest.mark.xdist_group(group))
+
+    def rank(item):
+        group = groups[item]
+        return (SLOWEST_GROUPS_FIRST.index(group) if group in SLOWEST_GROUPS_FIRST
+                else len(SLOWEST_GROUPS_FIRST))
+    items.sort(key=rank)
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ def run_in_process(script, capsys, *args):
 
 def test_latent_search_prints_speedup_and_roofline():
     figures = run_benchmark("latent_search.py", *TINY, "--steps", "2", "--per_image", "1",
-                           "--repeats", "2")
+                           "--repeats", "2", "--matmul_seconds", "0.2")
     for key in ("per_image_img_iter_per_s", "batched_img_iter_per_s", "matmul_gflops",
                 "roofline_ratio", "speedup_at_matmul_rate"):
         assert figures[key] > 0
@@ -47,7 +47,7 @@ def test_latent_search_prints_speedup_and_roofline():
 
 
 def test_train_step_prints_images_per_second_and_roofline():
-    figures = run_benchmark("train_step.py", *TINY, "--steps", "1")
+    figures = run_benchmark("train_step.py", *TINY, "--steps", "1", "--matmul_seconds", "0.2")
     assert figures["images_per_s"] > 0
     assert 0 < figures["roofline_ratio"] == pytest.approx(
         figures["gflops"] / figures["matmul_gflops"], abs=0.01)

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,34 +21,37 @@ SCORER = textwrap.dedent("""
     import tensorflow as tf
     from PIL import Image
     assert not any(name in sys.modules for name in ("main", "model", "ops", "utils"))
-    detector = tf.saved_model.load(sys.argv[1])
-    serve = detector.signatures["serving_default"]
-    results = {}
-    for path in sys.argv[3:]:
-        pixels = np.asarray(Image.open(path))
-        pixels = pixels[..., None] if pixels.ndim == 2 else pixels
-        out = serve(images=tf.constant(pixels[None]))
-        results[path] = [float(out["score"][0]), bool(out["is_anomaly"][0]),
-                         list(out["residual_map"].shape), list(out["reconstruction"].shape)]
-    searched = detector.signatures["search"](images=tf.constant(pixels[None]),
-                                             steps=tf.constant(3))
-    results["search"] = float(searched["score"][0])
-    results["threshold"] = float(detector.threshold.numpy())
-    with open(sys.argv[2], "w") as handle:
-        json.dump(results, handle)
+    everything = {}
+    for folder, paths in json.loads(sys.argv[2]).items():
+        detector = tf.saved_model.load(folder)
+        serve = detector.signatures["serving_default"]
+        results = everything[folder] = {}
+        for path in paths:
+            pixels = np.asarray(Image.open(path))
+            pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+            out = serve(images=tf.constant(pixels[None]))
+            results[path] = [float(out["score"][0]), bool(out["is_anomaly"][0]),
+                             list(out["residual_map"].shape), list(out["reconstruction"].shape)]
+        searched = detector.signatures["search"](images=tf.constant(pixels[None]),
+                                                 steps=tf.constant(3))
+        results["search"] = float(searched["score"][0])
+        results["threshold"] = float(detector.threshold.numpy())
+    with open(sys.argv[1], "w") as handle:
+        json.dump(everything, handle)
 """)
 
 
-def score_outside(tmp_path, folder, files):
-    """Scores ``files`` with the SavedModel in ``folder`` in a fresh Python (-I: no project
-    on sys.path, another working directory)."""
+def score_outside(tmp_path, files_by_model):
+    """Scores each SavedModel folder's image files ({folder: files}) in one fresh Python (-I:
+    no project on sys.path, another working directory); {folder: {file: result, ...}}."""
     script, out = tmp_path / "score.py", tmp_path / "scores.json"
     script.write_text(SCORER)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir(exist_ok=True)
-    done = subprocess.run([sys.executable, "-I", str(script), str(folder), str(out),
-                           *map(str, files)], cwd=elsewhere, capture_output=True, text=True,
-                          timeout=300, check=False)
+    spec = {str(folder): [str(path) for path in files] for folder, files in files_by_model.items()}
+    done = subprocess.run([sys.executable, "-I", str(script), str(out), json.dumps(spec)],
+                          cwd=elsewhere, capture_output=True, text=True, timeout=300,
+                          check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(out.read_text())
 
@@ -71,7 +75,8 @@ def test_exported_scores_equal_the_anomaly_tests_outside_the_project(tiny_detect
     assert "(anomaly_test:normal_test_images)" in capsys.readouterr().out
     rows = read_scores(test_dir / "test_result")
     metrics = json.loads((test_dir / "test_result" / "metrics.json").read_text())
-    results = score_outside(tmp_path, saved, [test_dir / row["file"] for row in rows])
+    results = score_outside(tmp_path, {saved: [test_dir / row["file"] for row in rows]})[
+        str(saved)]
     assert results["threshold"] == pytest.approx(metrics["threshold"], rel=1e-6)
     for row in rows:
         score, flagged, map_shape, fake_shape = results[str(test_dir / row["file"])]
@@ -91,11 +96,13 @@ def test_threshold_flag_moves_the_exported_threshold_and_a_rerun_replaces_it(tin
     _, flags = tiny_detector
     saved = tmp_path / "detector"
     image = write_images(tmp_path / "one", 1, 28, kind=0)[0]
+    high = tmp_path / "detector_1e9"
     assert main.main([*flags, "--export", str(saved), "--threshold", "1e9"]) == 0
-    assert not score_outside(tmp_path, saved, [image])[str(image)][1]
+    shutil.copytree(saved, high)
     assert main.main([*flags, "--export", str(saved), "--threshold", "0"]) == 0
-    result = score_outside(tmp_path, saved, [image])
-    assert result["threshold"] == 0 and result[str(image)][1]
+    results = score_outside(tmp_path, {high: [image], saved: [image]})
+    assert results[str(high)]["threshold"] == 1e9 and not results[str(high)][str(image)][1]
+    assert results[str(saved)]["threshold"] == 0 and results[str(saved)][str(image)][1]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 

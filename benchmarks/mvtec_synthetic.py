@@ -99,6 +99,7 @@ def main(argv=None):
                "gan": args.gan, "subtle_defects": args.subtle,
                "test_images": args.test_good + 2 * args.test_defects,
                "gan_epochs": args.epochs, "encoder_epochs": args.encoder_epoch,
+               "encoder_steps": None,
                "train_seconds": common.run_main([*flags, "--train"]),
                "encoder_seconds": common.run_main([*flags, "--train_encoder"])}
     image_scores = args.image_scores.split(",")
@@ -116,8 +117,9 @@ def main(argv=None):
                 "roc_auc", "pixel_roc_auc", "per_type_roc_auc", "seconds", "images_per_second")}
             figures["health"], figures["training_seed"] = metrics["health"], metrics[
                 "training_seed"]
-            figures["gan_steps"], figures["encoder_steps"] = (metrics["gan_steps"],
-                                                              metrics["encoder_steps"])
+            figures["gan_steps"] = metrics["gan_steps"]
+            if metrics["encoder_steps"] is not None:  # None in a mode that does not use E
+                figures["encoder_steps"] = metrics["encoder_steps"]
     common.print_json({**figures, **common.environment()})
 
 

@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 SHARED_DETECTOR_GROUP = "tiny_detector"
-SLOWEST_GROUPS_FIRST = ("tiny_detector", "test_benchmarks", "test_encoder", "test_train",
+SLOWEST_GROUPS_FIRST = (SHARED_DETECTOR_GROUP, "test_benchmarks", "test_encoder", "test_train",
                         "test_robustness", "test_anomaly", "test_distribute", "test_cli",
                         "test_health", "test_mvtec")
 """xdist groups in the order they are handed to the workers: longest first (as measured by
@@ -108,27 +108,19 @@ def read_scores(result_dir):
         return list(csv.DictReader(handle))
 
 
-def xdist_group(item, shared_modules):
-    """The worker group of a test: its module (module fixtures set up once), or one group for
-    every module using ``tiny_detector`` (trained once)."""
-    module = item.module.__name__
-    return SHARED_DETECTOR_GROUP if module in shared_modules else module
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
-    """Marks each test with its ``xdist_group`` (``--dist loadgroup``), longest groups first."""
+    """Marks each test with its ``xdist_group`` (``--dist loadgroup``): its module, so that
+    module fixtures are set up once, or one group for every module using ``tiny_detector``, so
+    that it trains once. Longest groups first."""
     shared = {item.module.__name__ for item in items
               if SHARED_DETECTOR_GROUP in getattr(item, "fixturenames", ())}
-    groups = {item: xdist_group(item, shared) for item in items}
+    groups = {item: SHARED_DETECTOR_GROUP if item.module.__name__ in shared
+              else item.module.__name__ for item in items}
     for item, group in groups.items():
         item.add_marker(pytest.mark.xdist_group(group))
-
-    def rank(item):
-        group = groups[item]
-        return (SLOWEST_GROUPS_FIRST.index(group) if group in SLOWEST_GROUPS_FIRST
-                else len(SLOWEST_GROUPS_FIRST))
-    items.sort(key=rank)
+    order = {group: rank for rank, group in enumerate(SLOWEST_GROUPS_FIRST)}
+    items.sort(key=lambda item: order.get(groups[item], len(order)))
 
 
 @pytest.fixture

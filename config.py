@@ -142,6 +142,7 @@ def epochs_with_floor(epochs, min_steps, steps_per_epoch):
 SCORES = ("anogan", "izif")
 DIS_LOSSES = ("feature", "gan")
 Z_INITS = ("random", "encoder")
+MAX_RESIDUAL_SHIFT = 8  # the smallest output size: G(z) mirrored at its edges
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,8 +153,9 @@ class SearchConfig:
     ``steps`` 0 scores the starting z. ``restarts`` starting points per image keep the lowest
     final score (with the encoder, the first start is E(x)); ``clip_z`` keeps z in [-1, 1]
     after each step. ``score`` 'anogan' is the original's (``anomaly_score``, weight
-    ``ano_lambda``), 'izif' f-AnoGAN's (``izif_score``, weight ``kappa``). The defaults are
-    the original's search.
+    ``ano_lambda``), 'izif' f-AnoGAN's (``izif_score``, weight ``kappa``). ``residual_shift``
+    pixels of misregistration the residual map forgives (``anomaly_map``: pixel metrics, map
+    scores, figures). The defaults are the original's search.
     """
 
     steps: int = 100
@@ -166,6 +168,7 @@ class SearchConfig:
     z_init: str = "random"
     score: str = "anogan"
     kappa: float = 1.0
+    residual_shift: int = 0
 
     def __post_init__(self):
         check_fields([
@@ -180,6 +183,8 @@ class SearchConfig:
             (self.score == "izif" and self.dis_loss != "feature",
              "--score izif compares D's features: leave --dis_loss at feature"),
             (not self.kappa >= 0, "--encoder_kappa must be >= 0"),
+            (not 0 <= self.residual_shift <= MAX_RESIDUAL_SHIFT,
+             f"--residual_shift must be in [0, {MAX_RESIDUAL_SHIFT}] pixels"),
         ])
 
     @property

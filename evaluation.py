@@ -55,9 +55,9 @@ def residual_map(images, fakes, value_range):
     return np.abs(np.asarray(images) - np.asarray(fakes)) / (high - low)
 
 
-def anomaly_maps(images, fakes, value_range):
+def anomaly_maps(images, fakes, value_range, shift=0):
     """``losses.anomaly_map`` of NumPy batches, as a NumPy array (n, h, w)."""
-    return losses.anomaly_map(np.asarray(images), np.asarray(fakes), value_range).numpy()
+    return losses.anomaly_map(np.asarray(images), np.asarray(fakes), value_range, shift).numpy()
 
 
 class PixelROC:
@@ -129,7 +129,7 @@ class AnomalyReport:
     """
 
     def __init__(self, result_dir, source, value_range, overview_rows=8, mask_spec=None,
-                 figures=True):
+                 figures=True, residual_shift=0):
         self.final_dir = Path(result_dir)
         self.figures = figures
         self.final_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -140,6 +140,7 @@ class AnomalyReport:
         self.output_names = unique_result_names(source.names)
         self.images_written = BackgroundWriter()
         self.source, self.value_range, self.overview_rows = source, value_range, overview_rows
+        self.residual_shift = residual_shift
         self.mask_spec = mask_spec if source.masks is not None else None
         self.pixels = PixelROC()
         self.partial_path = self.result_dir / ".scores.partial.csv"
@@ -173,8 +174,9 @@ class AnomalyReport:
         self.discriminations.append(result.discrimination)
         self.z.append(result.z)
         final = result.final
+        if maps is None:
+            maps = anomaly_maps(images, final, self.value_range, self.residual_shift)
         if self.mask_spec is not None:
-            maps = anomaly_maps(images, final, self.value_range) if maps is None else maps
             masks = self.source.masks[start:start + len(images)]
             known = [m is not None or label == 0 for m, label in zip(masks, labels)]
             if any(known):
@@ -182,7 +184,7 @@ class AnomalyReport:
                                                        for m, k in zip(masks, known) if k]))
         for offset, score in enumerate(result.score):
             score = float(score) if np.isfinite(score) else -np.inf
-            entry = (score, start + offset, images[offset], final[offset])
+            entry = (score, start + offset, images[offset], final[offset], maps[offset])
             if len(self.worst) < self.overview_rows:
                 heapq.heappush(self.worst, entry)
             elif score > self.worst[0][0]:

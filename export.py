@@ -73,7 +73,8 @@ class Detector(tf.Module):
         """Score, anomaly map, G(z) and z of the images ``x`` at ``z``."""
         score, _, _, fakes = self.dcgan.fake_scores(x, labels, z, real_features,
                                                     self.search_config)
-        maps = anomaly_map(x, fakes, self.dcgan.config.value_range)
+        maps = anomaly_map(x, fakes, self.dcgan.config.value_range,
+                           self.search_config.residual_shift)
         if self.image_score != "sum":
             score = map_score(maps, self.image_score)
         return score, maps, fakes, z

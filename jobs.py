@@ -252,7 +252,8 @@ def score_source(job, dcgan, source, search, report=None):
     batches = math.ceil(len(source) / flags.test_batch_size)
     scores = []
     for images, result in dcgan.score_batches(dataset, search, batches, flags.seed):
-        maps = evaluation.anomaly_maps(images, result.final, dcgan.config.value_range)
+        maps = evaluation.anomaly_maps(images, result.final, dcgan.config.value_range,
+                                       search.residual_shift)
         if flags.image_score != "sum":
             result.score = losses.map_score(maps, flags.image_score).numpy()
         if report is not None:
@@ -322,7 +323,8 @@ def score_and_report(job, dcgan, result_dir):
         warn(dcgan.health["encoder"], "encoder")
     report = evaluation.AnomalyReport(result_dir, source, dcgan.config.value_range,
                                       mask_spec=image_spec(job, dcgan),
-                                      figures=not flags.no_figures)
+                                      figures=not flags.no_figures,
+                                      residual_shift=job.search_config.residual_shift)
     restarts = f" from {flags.test_restarts} starting points" if flags.test_restarts > 1 else ""
     start = "E(x)" if flags.z_init == "encoder" else "U(-1, 1)"
     print(f"scoring {len(source)} images from z = {start}, {flags.test_epoch} search steps "
@@ -355,7 +357,8 @@ def scoring_mode(search, image_score):
     as metrics.json records them."""
     return {"z_init": search.z_init, "test_epoch": search.steps, "score": search.score,
             "image_score": image_score, "ano_lambda": search.ano_lambda,
-            "encoder_kappa": search.kappa, "dis_loss": search.dis_loss}
+            "encoder_kappa": search.kappa, "dis_loss": search.dis_loss,
+            "residual_shift": search.residual_shift}
 
 
 def one_pass(search):

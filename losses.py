@@ -91,10 +91,23 @@ def izif_score(images, fakes, real_features, fake_features, kappa):
 IMAGE_SCORES = ("sum", "top1", "smoothmax")
 
 
-def anomaly_map(images, fakes, value_range):
-    """Per pixel |x - G(z)| averaged over channels, in [0, 1]: (n, h, w)."""
+def anomaly_map(images, fakes, value_range, shift=0):
+    """Per pixel |x - G(z)| averaged over channels, in [0, 1]: (n, h, w).
+
+    ``shift`` > 0 forgives misregistration: each pixel's residual is the smallest over G(z)
+    moved by up to ``shift`` pixels along each axis (G(z) mirrored at its edges).
+    """
     low, high = value_range
-    return tf.reduce_mean(tf.abs(images - fakes), axis=-1) / (high - low)
+    images = tf.convert_to_tensor(images, tf.float32)
+    fakes = tf.convert_to_tensor(fakes, tf.float32)
+    if shift == 0:
+        return tf.reduce_mean(tf.abs(images - fakes), axis=-1) / (high - low)
+    padded = tf.pad(fakes, [[0, 0], [shift, shift], [shift, shift], [0, 0]], mode="SYMMETRIC")
+    height, width = images.shape[1], images.shape[2]
+    offsets = range(2 * shift + 1)
+    residuals = [tf.reduce_mean(tf.abs(images - padded[:, dy:dy + height, dx:dx + width]), -1)
+                 for dy in offsets for dx in offsets]
+    return tf.reduce_min(tf.stack(residuals), axis=0) / (high - low)
 
 
 def gaussian_kernel(sigma, truncate=4.0):

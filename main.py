@@ -157,6 +157,10 @@ def build_parser():
     test("--ano_lambda", type=finite_float, default=0.1, help="lambda of the anogan score")
     test("--dis_loss", choices=config.DIS_LOSSES, default="feature",
          help="discrimination loss of the anogan score")
+    test("--residual_shift", type=int, default=0,
+         help="pixels of misregistration the residual map forgives: each pixel's |x - G(z)| is "
+              "the smallest over G(z) moved by up to this many pixels (pixel metrics, map "
+              "scores, figures; textures whose G draws their lines a little off)")
     test("--image_score", choices=losses.IMAGE_SCORES, default="sum",
          help="sum: the --score (the original); top1: mean of the top 1%% of the residual map; "
               "smoothmax: maximum of the residual map smoothed with sigma 2 (small defects)")
@@ -273,7 +277,8 @@ def search_config(args):
         steps=args.test_epoch, learning_rate=args.test_learning_rate,
         beta1=args.beta1 if args.beta1 is not None else 0.5, ano_lambda=args.ano_lambda,
         dis_loss=args.dis_loss, restarts=args.test_restarts, clip_z=args.test_clip_z,
-        z_init=args.z_init, score=args.score, kappa=args.encoder_kappa)
+        z_init=args.z_init, score=args.score, kappa=args.encoder_kappa,
+        residual_shift=args.residual_shift)
 
 
 def model_dir(args, output_size):

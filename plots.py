@@ -83,14 +83,13 @@ def tsne(z, labels, path, limit=1000, seed=0):
 
 
 def overview(worst, source, value_range, path, mask_spec=None):
-    """Input | G(z) | residual heat map for the most anomalous images, worst first; with
-    ``mask_spec``, each ground-truth mask's outline on the heat map."""
+    """Input | G(z) | anomaly map as a heat map for the most anomalous images, worst first;
+    with ``mask_spec``, each ground-truth mask's outline on the heat map."""
     figure, axes = plt.subplots(len(worst), 3, figsize=(6, 2 * len(worst)), squeeze=False)
-    for row, (score, index, image, fake) in zip(axes, worst):
+    for row, (score, index, image, fake, anomaly_map) in zip(axes, worst):
         image = utils.rescale(np.asarray(image), value_range)
         fake = utils.rescale(np.asarray(fake), value_range)
-        residual = evaluation.residual_map(image, fake, (0.0, 1.0))
-        panels = (image, fake, heat_overlay(image, residual))
+        panels = (image, fake, heat_overlay(image, np.asarray(anomaly_map)[..., None]))
         for axis, panel, title in zip(row, panels, ("input", "G(z)", "residual")):
             axis.imshow(np.clip(panel.squeeze(), 0, 1), cmap="gray", vmin=0, vmax=1)
             axis.set_xticks([])

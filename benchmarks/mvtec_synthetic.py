@@ -32,6 +32,7 @@ from losses import map_score
 MODES = {"a": ["--z_init", "random"],
          "b": ["--z_init", "encoder", "--test_epoch", "0"],
          "b_izif": ["--z_init", "encoder", "--test_epoch", "0", "--score", "izif"],
+         "b_shift3": ["--z_init", "encoder", "--test_epoch", "0", "--residual_shift", "3"],
          "c": ["--z_init", "encoder"]}
 
 

@@ -278,6 +278,8 @@ def test_search_config_checks_its_own_fields():
         SearchConfig(z_init="zeros")
     with pytest.raises(ValueError, match="--ano_lambda"):
         SearchConfig(ano_lambda=2.0)
+    with pytest.raises(ValueError, match=r"--residual_shift must be in \[0, 8\] pixels"):
+        SearchConfig(residual_shift=9)
     with pytest.raises(ValueError, match="--encoder_epoch"):
         TrainConfig(encoder_epochs=0)
     with pytest.raises(ValueError, match="--output_height"):

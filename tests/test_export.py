@@ -71,7 +71,8 @@ def test_exported_scores_equal_the_anomaly_tests_outside_the_project(tiny_detect
     test_dir = odd_test_dir(tmp_path)
     saved = tmp_path / "detector"
     assert main.main([*flags, "--anomaly_test", "--z_init", "encoder", "--test_epoch", "0",
-                      "--test_dir", str(test_dir), "--export", str(saved)]) == 0
+                      "--residual_shift", "1", "--test_dir", str(test_dir),
+                      "--export", str(saved)]) == 0
     assert "(anomaly_test:normal_test_images)" in capsys.readouterr().out
     rows = read_scores(test_dir / "test_result")
     metrics = json.loads((test_dir / "test_result" / "metrics.json").read_text())
@@ -88,6 +89,7 @@ def test_exported_scores_equal_the_anomaly_tests_outside_the_project(tiny_detect
     info = json.loads((saved / "assets" / export.ASSET).read_text())
     assert info["threshold_source"] == "anomaly_test:normal_test_images"
     assert info["mode"]["z_init"] == "encoder" and info["model"]["c_dim"] == 1
+    assert info["mode"]["residual_shift"] == metrics["residual_shift"] == 1
     assert "gan" in info["health"] and info["output_size"] == [28, 28]
 
 

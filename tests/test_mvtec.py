@@ -13,7 +13,7 @@ import inputs
 import main
 import utils
 from benchmarks import synthetic
-from losses import map_score
+from losses import anomaly_map, map_score
 from search import SearchResult
 
 FLAGS = ["--dataset", "mvtec/tex", "--output_height", "32", "--batch_size", "8",
@@ -75,6 +75,42 @@ def test_map_based_image_scores_with_the_encoder(category):
             maps = (error / 255.0).mean(axis=-1)[None]
             assert float(row["anomaly_score"]) == pytest.approx(
                 map_score(maps, kind).numpy()[0], abs=2 / 255)
+
+
+def test_residual_shift_scores_the_tolerant_map_and_is_recorded(category):
+    root, flags = category
+    test = root / "data" / "mvtec" / "tex" / "test"
+    for name, shift in (("plain", "0"), ("shifted", "2")):
+        assert main.main([*flags, "--anomaly_test", "--z_init", "encoder", "--test_epoch", "0",
+                          "--image_score", "top1", "--residual_shift", shift,
+                          "--test_result_dir", name]) == 0
+    metrics = json.loads((test / "shifted" / "metrics.json").read_text())
+    assert metrics["residual_shift"] == 2 and metrics["pixel_roc_auc"] is not None
+    plain = {row["file"]: float(row["anomaly_score"]) for row in read_scores(test / "plain")}
+    for row in read_scores(test / "shifted"):
+        stem = row["file"].replace("/", "_").rsplit(".", 1)[0]
+        image, fake = (np.asarray(Image.open(path), np.float32)[None] / 255.0
+                       for path in (test / row["file"], test / "shifted" / f"AD_0_{stem}.png"))
+        expected = map_score(anomaly_map(image, fake, (0.0, 1.0), 2), "top1").numpy()[0]
+        assert float(row["anomaly_score"]) == pytest.approx(expected, abs=1 / 255)
+        assert float(row["anomaly_score"]) <= plain[row["file"]] + 1e-6
+
+
+def test_residual_shift_forgives_a_line_drawn_off_but_not_a_defect():
+    image, fake = np.zeros((2, 1, 16, 32, 1), np.float32)
+    image[0, :, 10], fake[0, :, 12] = 1.0, 1.0  # G draws the line two pixels to the right
+    image[0, 5, 25] = 1.0  # a defect G does not draw
+    maps = {shift: anomaly_map(image, fake, (0.0, 1.0), shift).numpy()[0]
+            for shift in (0, 1, 2)}
+    assert maps[0][:, 10].min() == maps[0][:, 12].min() == 1.0
+    assert maps[1][:, 10].min() == 1.0 and maps[1][:, 12].max() == 0.0  # x is 0 beside it
+    assert maps[2][5, 25] == 1.0 and maps[2].sum() == 1.0  # only the defect is left
+    rng = np.random.default_rng(2)
+    x, g = rng.uniform(-1, 1, (2, 2, 9, 11, 3)).astype(np.float32)
+    padded = np.pad(g, ((0, 0), (3, 3), (3, 3), (0, 0)), mode="symmetric")
+    brute = np.min([np.abs(x - padded[:, dy:dy + 9, dx:dx + 11]).mean(-1)
+                    for dy in range(7) for dx in range(7)], axis=0) / 2.0
+    np.testing.assert_allclose(anomaly_map(x, g, (-1.0, 1.0), 3).numpy(), brute, rtol=1e-6)
 
 
 def test_pixel_roc_matches_sklearn_and_ignores_maps_blind_to_the_defect():

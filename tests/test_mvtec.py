@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,6 +95,22 @@ def test_residual_shift_scores_the_tolerant_map_and_is_recorded(category):
         expected = map_score(anomaly_map(image, fake, (0.0, 1.0), 2), "top1").numpy()[0]
         assert float(row["anomaly_score"]) == pytest.approx(expected, abs=1 / 255)
         assert float(row["anomaly_score"]) <= plain[row["file"]] + 1e-6
+
+
+def test_residual_shift_benchmark_reads_held_out_training_images_only(category, capsys):
+    import importlib
+    import sys
+
+    _, flags = category
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    capsys.readouterr()
+    importlib.import_module("residual_shift").main(["--max_shift", "2", "--", *flags])
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["held_out_images"] == 4  # a tenth of the 48 training images, rounded down
+    means = [figures["mean_map"][k] for k in ("0", "1", "2")]
+    assert means[0] > means[1] > means[2] > 0 and figures["fraction_left"]["0"] == 1.0
 
 
 def test_residual_shift_forgives_a_line_drawn_off_but_not_a_defect():

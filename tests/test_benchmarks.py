@@ -1,7 +1,7 @@
 """The benchmark scripts run on tiny shapes and print the figures they promise, as JSON.
 
-Those that set TensorFlow's thread counts, or measure a process's memory, run in their own
-process; the others run in this one (no TensorFlow start-up of their own).
+Those that set TensorFlow's thread counts run in their own process; the others run in this
+one (no TensorFlow start-up of their own; the memory benchmark measures its own children).
 """
 
 import importlib
@@ -59,9 +59,10 @@ def test_conv_layers_times_every_convolution_both_ways(capsys):
     assert all(ms > 0 for ms in figures["total_ms"].values())
 
 
-def test_scoring_memory_prints_peak_rss_per_size():
-    figures = run_benchmark("scoring_memory.py", "--dataset", "mvtec", "--sizes", "8", "16",
-                            TINY_MODEL + " --output_height 16 --no_figures")
+def test_scoring_memory_prints_peak_rss_per_size(capsys):
+    figures = json.loads(run_in_process("scoring_memory", capsys, "--dataset", "mvtec", "--sizes",
+                                        "8", "16", TINY_MODEL + " --output_height 16 "
+                                        "--no_figures").out)
     assert figures["dataset"] == "mvtec" and set(figures["peak_rss_mb"]) == {"8", "16"}
     assert figures["ratio"] > 0
 

@@ -129,7 +129,7 @@ class AnomalyReport:
     """
 
     def __init__(self, result_dir, source, value_range, overview_rows=8, mask_spec=None,
-                 figures=True, residual_shift=0):
+                 figures=True):
         self.final_dir = Path(result_dir)
         self.figures = figures
         self.final_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,6 @@ class AnomalyReport:
         self.output_names = unique_result_names(source.names)
         self.images_written = BackgroundWriter()
         self.source, self.value_range, self.overview_rows = source, value_range, overview_rows
-        self.residual_shift = residual_shift
         self.mask_spec = mask_spec if source.masks is not None else None
         self.pixels = PixelROC()
         self.partial_path = self.result_dir / ".scores.partial.csv"
@@ -156,7 +155,8 @@ class AnomalyReport:
 
     def add(self, images, result, maps=None):
         """Records one batch: its inputs (in the model's value range), ``SearchResult`` and
-        anomaly maps of the final G(z) (``anomaly_maps``; computed when not given)."""
+        anomaly maps of the final G(z), those its scores used (``anomaly_maps``; the plain
+        |x - G(z)| map when not given)."""
         start = len(self)
         names = self.source.names[start:start + len(images)]
         labels = self._labels()[start:start + len(images)]
@@ -175,7 +175,7 @@ class AnomalyReport:
         self.z.append(result.z)
         final = result.final
         if maps is None:
-            maps = anomaly_maps(images, final, self.value_range, self.residual_shift)
+            maps = anomaly_maps(images, final, self.value_range)
         if self.mask_spec is not None:
             masks = self.source.masks[start:start + len(images)]
             known = [m is not None or label == 0 for m, label in zip(masks, labels)]

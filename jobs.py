@@ -323,8 +323,7 @@ def score_and_report(job, dcgan, result_dir):
         warn(dcgan.health["encoder"], "encoder")
     report = evaluation.AnomalyReport(result_dir, source, dcgan.config.value_range,
                                       mask_spec=image_spec(job, dcgan),
-                                      figures=not flags.no_figures,
-                                      residual_shift=job.search_config.residual_shift)
+                                      figures=not flags.no_figures)
     restarts = f" from {flags.test_restarts} starting points" if flags.test_restarts > 1 else ""
     start = "E(x)" if flags.z_init == "encoder" else "U(-1, 1)"
     print(f"scoring {len(source)} images from z = {start}, {flags.test_epoch} search steps "

@@ -9,13 +9,11 @@ off) shows as a steep fall over the first pixels; the shift where the fall flatt
 to declare.
 """
 import argparse
-import dataclasses
 
 import common
 import numpy as np
 
 import evaluation
-import inputs
 import jobs
 
 
@@ -30,6 +28,17 @@ def parse_args(argv=None):
     return args
 
 
+class Reconstructions:
+    """Collects what ``jobs.score_source`` reports: the images and their final G(z)."""
+
+    def __init__(self):
+        self.images, self.fakes = [], []
+
+    def add(self, images, result, maps):
+        self.images.append(np.asarray(images))
+        self.fakes.append(np.asarray(result.final))
+
+
 def held_out_reconstructions(main_flags):
     """The held-out training images and G(E(x)) of them, in the model's value range."""
     job = common.anogan.resolve(common.anogan.build_parser().parse_args(
@@ -37,13 +46,9 @@ def held_out_reconstructions(main_flags):
     dcgan = jobs.trained_model(job)
     jobs.check_encoder(dcgan)
     _, _, held_out = job.data.training_split()
-    search = dataclasses.replace(job.search_config, residual_shift=0)
-    dataset = inputs.make_dataset(held_out, jobs.image_spec(job, dcgan), 64,
-                                  y_dim=dcgan.config.y_dim)
-    batches = -(-len(held_out) // 64)
-    pairs = [(np.asarray(images), np.asarray(result.final))
-             for images, result in dcgan.score_batches(dataset, search, batches, job.flags.seed)]
-    return (np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]),
+    collected = Reconstructions()
+    jobs.score_source(job, dcgan, held_out, job.search_config, collected)
+    return (np.concatenate(collected.images), np.concatenate(collected.fakes),
             dcgan.config.value_range)
 
 

@@ -2,6 +2,7 @@
 
 import csv
 import gzip
+import importlib
 import os
 import socket
 import struct
@@ -26,6 +27,22 @@ SLOWEST_GROUPS_FIRST = (SHARED_DETECTOR_GROUP, "test_benchmarks", "test_encoder"
 """xdist groups in the order they are handed to the workers: longest first (as measured by
 ``pytest --durations``), so that no long module is left to run alone at the end."""
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_module(script):
+    """A benchmark script imported as a module (benchmarks/ on the path)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(script)
+
+
+def run_in_process(script, capsys, *args):
+    """What a benchmark script's ``main`` prints (``out``, ``err``), run in this process."""
+    module = benchmark_module(script)
+    capsys.readouterr()
+    module.main([str(arg) for arg in args])
+    return capsys.readouterr()
 
 
 def pattern_image(kind, size, rng):

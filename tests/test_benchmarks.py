@@ -8,11 +8,10 @@ import importlib
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import BENCHMARKS, benchmark_module, run_in_process
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--height", "16", "--channels", "3", "--batch", "2"]
 TINY_MODEL = "--extra=--gf_dim 8 --df_dim 8 --z_dim 8"
 
@@ -23,15 +22,6 @@ def run_benchmark(script, *args):
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
-
-
-def run_in_process(script, capsys, *args):
-    """What a benchmark script's ``main`` prints (``out``, ``err``), run in this process."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    capsys.readouterr()
-    importlib.import_module(script).main([str(arg) for arg in args])
-    return capsys.readouterr()
 
 
 def test_latent_search_prints_speedup_and_roofline():
@@ -70,9 +60,7 @@ def test_scoring_memory_prints_peak_rss_per_size(capsys):
 def test_scoring_memorys_mnist_set_is_one_class_training_and_a_mixed_test_split(tmp_path):
     """The ``--dataset mnist`` branch's data, read back as main.py reads it (its scoring runs
     the same processes as the mvtec branch above)."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    scoring_memory = importlib.import_module("scoring_memory")
+    scoring_memory = benchmark_module("scoring_memory")
     inputs = importlib.import_module("inputs")
     scoring_memory.write_data(tmp_path, "mnist", 50)
     folder = tmp_path / "data" / "mnist"

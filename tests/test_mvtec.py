@@ -2,10 +2,10 @@
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_in_process
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -94,16 +94,9 @@ def test_map_based_image_scores_with_the_encoder(category):
 
 
 def test_residual_shift_benchmark_reads_held_out_training_images_only(category, capsys):
-    import importlib
-    import sys
-
     _, flags = category
-    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
-    if benchmarks not in sys.path:
-        sys.path.insert(0, benchmarks)
-    capsys.readouterr()
-    importlib.import_module("residual_shift").main(["--max_shift", "2", "--", *flags])
-    figures = json.loads(capsys.readouterr().out)
+    figures = json.loads(run_in_process("residual_shift", capsys, "--max_shift", "2", "--",
+                                        *flags).out)
     assert figures["held_out_images"] == 4  # a tenth of the 48 training images, rounded down
     means = [figures["mean_map"][k] for k in ("0", "1", "2")]
     assert means[0] > means[1] > means[2] > 0 and figures["fraction_left"]["0"] == 1.0

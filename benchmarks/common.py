@@ -1,20 +1,21 @@
 """Shared pieces of the benchmarks: repo imports, FLOP counts from layer shapes, the roofline."""
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import contextlib
+import runtime
+
+tf = runtime.import_tensorflow()  # before anything imports it: its start-up notices held back
 
 import keras
-import tensorflow as tf
 
 import main as anogan
 import ops

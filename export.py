@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 import utils
-from losses import anomaly_map, map_score
+from losses import anomaly_map, critic_score, map_score
 from networks import variables_by_path
 
 ASSET = "detector.json"
@@ -69,24 +69,26 @@ class Detector(tf.Module):
                     lambda: tf.clip_by_value(tf.round(resized), 0.0, 255.0))
         return utils.scale_pixels(x, spec.value_range)
 
-    def _outputs(self, x, labels, z, real_features):
+    def _outputs(self, x, labels, z, real_logits, real_features):
         """Score, anomaly map, G(z) and z of the images ``x`` at ``z``."""
         score, _, _, fakes = self.dcgan.fake_scores(x, labels, z, real_features,
                                                     self.search_config)
         maps = anomaly_map(x, fakes, self.dcgan.config.value_range,
                            self.search_config.residual_shift)
-        if self.image_score != "sum":
+        if self.image_score == "critic":
+            score = critic_score(real_logits)
+        elif self.image_score != "sum":
             score = map_score(maps, self.image_score)
         return score, maps, fakes, z
 
     def _encoded(self, x, labels, steps):
         """The outputs after ``steps`` search steps from z = E(x) (None: at E(x), no loop)."""
         dcgan = self.dcgan
-        _, real_features = dcgan.discriminator(x, labels, training=False)
+        real_logits, real_features = dcgan.discriminator(x, labels, training=False)
         z = dcgan.encoder(x, labels, training=False)
         if steps is not None:
             z, _, _ = dcgan.adam_steps(x, labels, z, real_features, self.search_config, steps)
-        return self._outputs(x, labels, z, real_features)
+        return self._outputs(x, labels, z, real_logits, real_features)
 
     def _detect(self, images, steps):
         """Per image: score, is_anomaly, residual_map, reconstruction (in [0, 1]) and z; a

@@ -254,7 +254,9 @@ def score_source(job, dcgan, source, search, report=None):
     for images, result in dcgan.score_batches(dataset, search, batches, flags.seed):
         maps = evaluation.anomaly_maps(images, result.final, dcgan.config.value_range,
                                        search.residual_shift)
-        if flags.image_score != "sum":
+        if flags.image_score == "critic":
+            result.score = dcgan.critic_scores(images)
+        elif flags.image_score != "sum":
             result.score = losses.map_score(maps, flags.image_score).numpy()
         if report is not None:
             report.add(images, result, maps)

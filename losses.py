@@ -3,7 +3,8 @@
 DCGAN's ``discriminator_loss`` and ``generator_loss``; WGAN-GP's ``critic_loss``,
 ``wasserstein_generator_loss`` and ``gradient_penalty``; the search's Adam step
 ``adam_update``; AnoGAN's ``anomaly_score``, f-AnoGAN's ``izif_score`` (also the encoder's
-training loss); per-pixel ``anomaly_map`` and the image scores of maps, ``map_score``.
+training loss); per-pixel ``anomaly_map``, the image scores of maps, ``map_score``, and of D
+alone, ``critic_score``.
 """
 
 import numpy as np
@@ -88,7 +89,8 @@ def izif_score(images, fakes, real_features, fake_features, kappa):
     return residual + kappa * discrimination, residual, discrimination
 
 
-IMAGE_SCORES = ("sum", "top1", "smoothmax")
+MAP_SCORES = ("top1", "smoothmax")
+IMAGE_SCORES = ("sum", *MAP_SCORES, "critic")
 
 
 def anomaly_map(images, fakes, value_range, shift=0):
@@ -136,4 +138,10 @@ def map_score(maps, kind):
         smooth = tf.nn.conv2d(padded, taps.reshape(-1, 1, 1, 1), 1, "VALID")
         smooth = tf.nn.conv2d(smooth, taps.reshape(1, -1, 1, 1), 1, "VALID")
         return tf.reduce_max(flat(smooth), axis=1)
-    raise ValueError(f"--image_score must be one of {IMAGE_SCORES}, not {kind!r}")
+    raise ValueError(f"--image_score {kind!r} is not a map score {MAP_SCORES}")
+
+
+def critic_score(real_logits):
+    """Per image: -D(x), how unlike the training images D (the WGAN critic, or the DCGAN's
+    discriminator) finds x itself; G(z) plays no part."""
+    return -tf.reduce_sum(real_logits, axis=1)

@@ -163,7 +163,9 @@ def build_parser():
               "scores, figures; textures whose G draws their lines a little off)")
     test("--image_score", choices=losses.IMAGE_SCORES, default="sum",
          help="sum: the --score (the original); top1: mean of the top 1%% of the residual map; "
-              "smoothmax: maximum of the residual map smoothed with sigma 2 (small defects)")
+              "smoothmax: maximum of the residual map smoothed with sigma 2 (small defects); "
+              "critic: -D(x), how unlike the training images D finds the image itself "
+              "(textures; the maps stay residuals)")
     test("--threshold", type=threshold_value, default="auto", help="a score, or auto")
 
     out = p.add_argument_group("outputs").add_argument

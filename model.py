@@ -13,7 +13,7 @@ Papers:
 This module owns ``DCGAN``: G, D and the encoder E with their optimisers; the training steps
 (DCGAN: one D update, then two G updates; or WGAN-GP), encoder training with G and D fixed, the
 health check's samples, the batched latent-z search (``DCGAN.search``) and scoring
-(``DCGAN.score_batches``), and its checkpoints. The configurations are in config.py, the losses
+(``DCGAN.score_batches``, ``DCGAN.critic_scores``), and its checkpoints. The configurations are in config.py, the losses
 and scores in losses.py, the networks in networks.py, the training loop in training.py.
 """
 
@@ -36,6 +36,7 @@ from config import TrainConfig
 from losses import (
     adam_update,
     critic_loss,
+    critic_score,
     discriminator_loss,
     generator_loss,
     gradient_penalty,
@@ -476,6 +477,26 @@ class DCGAN:
         """E(x) in inference mode, a (batch, z_dim) tensor."""
         return self._encode_fn(tf.convert_to_tensor(images, tf.float32),
                                tf.convert_to_tensor(labels, tf.float32))
+
+    @functools.cached_property
+    def _critic_fn(self):
+        cfg = self.config
+        return tf.function(
+            lambda images, labels: critic_score(
+                self.discriminator(images, labels, training=False)[0]),
+            input_signature=[tf.TensorSpec((None, cfg.output_height, cfg.output_width, cfg.c_dim)),
+                             tf.TensorSpec((None, cfg.y_dim))])
+
+    def critic_scores(self, images):
+        """``critic_score`` of each image (D in inference mode), as numpy; a conditional D's
+        lowest over the labels it was trained on (the image is never told its own)."""
+        images = tf.convert_to_tensor(images, tf.float32)
+        count = int(tf.shape(images)[0])
+        if not self.config.y_dim:
+            return self._critic_fn(images, tf.zeros((count, 0))).numpy()
+        return np.min([self._critic_fn(images, tf.one_hot(tf.fill([count], k),
+                                                          self.config.y_dim)).numpy()
+                       for k in self.config.conditions], axis=0)
 
     def generate(self, z, labels=None):
         """G(z) in inference mode (batch-norm moving statistics)."""

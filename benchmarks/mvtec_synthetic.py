@@ -2,7 +2,7 @@
 
     python benchmarks/mvtec_synthetic.py [--size 64 --epochs 10 --encoder_epoch 3]
         [--photo brick.png [--subtle]] [--gan dcgan] [--modes a,b,b_izif]
-        [--image_scores sum,top1,smoothmax] [--work_dir out/mvtec_synthetic]
+        [--image_scores sum,top1,smoothmax,critic] [--work_dir out/mvtec_synthetic]
 
 Writes the category (benchmarks/synthetic.py: striped RGB textures, or with ``--photo`` 64x64
 grayscale crops of that photograph; bright spots and dark scratches of about 1 % of the image,
@@ -51,7 +51,7 @@ def mean_image_baseline(category, size, image_scores, channels):
     spec = inputs.ImageSpec((size, size), (size, size))
     pixels.add(maps, np.stack([utils.load_mask(m, spec) for m in source.masks]))
     figures = {"pixel_roc_auc": pixels.auc()}
-    for kind in image_scores:
+    for kind in (k for k in image_scores if k != "critic"):  # the mean image has no critic
         scores = maps.mean(axis=(1, 2)) if kind == "sum" else map_score(maps, kind).numpy()
         figures[f"roc_auc_{kind}"] = float(roc_auc_score(source.labels, scores))
     return figures

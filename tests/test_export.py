@@ -14,6 +14,9 @@ from PIL import Image
 
 import export
 import main
+import model
+import utils
+from config import ModelConfig
 
 SCORER = textwrap.dedent("""
     import json, sys
@@ -98,13 +101,22 @@ def test_threshold_flag_moves_the_exported_threshold_and_a_rerun_replaces_it(tin
     _, flags = tiny_detector
     saved = tmp_path / "detector"
     image = write_images(tmp_path / "one", 1, 28, kind=0)[0]
-    high = tmp_path / "detector_1e9"
+    high, critic = tmp_path / "detector_1e9", tmp_path / "critic"
     assert main.main([*flags, "--export", str(saved), "--threshold", "1e9"]) == 0
     shutil.copytree(saved, high)
     assert main.main([*flags, "--export", str(saved), "--threshold", "0"]) == 0
-    results = score_outside(tmp_path, {high: [image], saved: [image]})
+    assert main.main([*flags, "--export", str(critic), "--image_score", "critic"]) == 0
+    results = score_outside(tmp_path, {high: [image], saved: [image], critic: [image]})
     assert results[str(high)]["threshold"] == 1e9 and not results[str(high)][str(image)][1]
     assert results[str(saved)]["threshold"] == 0 and results[str(saved)][str(image)][1]
+    dcgan = model.DCGAN(ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8),
+                        tiny_detector[0] / "checkpoint" / "rings_8_28_28")
+    assert dcgan.load()
+    pixels = utils.load_image(image, (28, 28), (28, 28), False, 1)[None]
+    assert results[str(critic)][str(image)][0] == pytest.approx(
+        float(dcgan.critic_scores(pixels)[0]), rel=1e-5, abs=1e-5)
+    assert json.loads((critic / "assets" / export.ASSET).read_text())["mode"][
+        "image_score"] == "critic"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 

@@ -12,8 +12,10 @@ from sklearn.metrics import roc_auc_score
 import evaluation
 import inputs
 import main
+import model
 import utils
 from benchmarks import synthetic
+from config import ModelConfig
 from losses import anomaly_map, map_score
 from search import SearchResult
 
@@ -91,6 +93,25 @@ def test_map_based_image_scores_with_the_encoder(category):
         expected = map_score(anomaly_map(image, fake, (0.0, 1.0), 2), "top1").numpy()[0]
         assert float(row["anomaly_score"]) == pytest.approx(expected, abs=1 / 255)
         assert float(row["anomaly_score"]) <= plain[row["file"]] + 1e-6
+
+
+def test_critic_image_score_is_minus_d_of_the_image_and_keeps_the_residual_maps(category):
+    root, flags = category
+    assert main.main([*flags, "--anomaly_test", "--z_init", "encoder", "--test_epoch", "0",
+                      "--image_score", "critic", "--test_result_dir", "critic"]) == 0
+    test = root / "data" / "mvtec" / "tex" / "test"
+    metrics = json.loads((test / "critic" / "metrics.json").read_text())
+    assert metrics["image_score"] == "critic" and metrics["pixel_roc_auc"] > 0.75
+    rows = read_scores(test / "critic")
+    dcgan = model.DCGAN(ModelConfig(32, 32, 3, z_dim=16, gf_dim=8, df_dim=8),
+                        root / "checkpoint" / "mvtec_tex_8_32_32")
+    assert dcgan.load()
+    images = np.stack([utils.load_image(test / row["file"], (32, 32), (32, 32), False, 3)
+                       for row in rows])
+    logits, _ = dcgan.discriminator(images, np.zeros((len(rows), 0), np.float32))
+    np.testing.assert_allclose([float(row["anomaly_score"]) for row in rows],
+                               -logits.numpy()[:, 0], rtol=1e-5, atol=1e-5)
+    assert len({row["anomaly_score"] for row in rows}) == len(rows)
 
 
 def test_residual_shift_benchmark_reads_held_out_training_images_only(category, capsys):

@@ -13,8 +13,9 @@ Papers:
 This module owns ``DCGAN``: G, D and the encoder E with their optimisers; the training steps
 (DCGAN: one D update, then two G updates; or WGAN-GP), encoder training with G and D fixed, the
 health check's samples, the batched latent-z search (``DCGAN.search``) and scoring
-(``DCGAN.score_batches``, ``DCGAN.critic_scores``), and its checkpoints. The configurations are in config.py, the losses
-and scores in losses.py, the networks in networks.py, the training loop in training.py.
+(``DCGAN.score_batches``, ``DCGAN.critic_scores``), and its checkpoints. The configurations are
+in config.py, the losses and scores in losses.py, the networks in networks.py, the training loop
+in training.py.
 """
 
 import contextlib

@@ -426,11 +426,9 @@ class DCGAN:
         labels = tf.convert_to_tensor(labels, tf.float32)
         starts = tf.convert_to_tensor(z0, tf.float32)
         if self.config.y_dim and labels.shape[1] == 0:
-            count = tf.shape(images)[0]
             return SearchResult.best_of([
-                self.search(images, tf.one_hot(tf.fill([count], k), self.config.y_dim), z0,
-                            config)
-                for k in self.config.conditions])
+                self.search(images, condition, z0, config)
+                for condition in self.condition_labels(tf.shape(images)[0])])
         if starts.shape.rank == 2:
             starts = starts[None]
         if config.z_init == "encoder":
@@ -488,16 +486,20 @@ class DCGAN:
             input_signature=[tf.TensorSpec((None, cfg.output_height, cfg.output_width, cfg.c_dim)),
                              tf.TensorSpec((None, cfg.y_dim))])
 
+    def condition_labels(self, count):
+        """The label batches (count, y_dim) an image is tried under when it is not told its
+        own: one one-hot batch per label a conditional model was trained on, else one empty."""
+        if not self.config.y_dim:
+            return [tf.zeros((count, 0))]
+        return [tf.one_hot(tf.fill([count], k), self.config.y_dim)
+                for k in self.config.conditions]
+
     def critic_scores(self, images):
         """``critic_score`` of each image (D in inference mode), as numpy; a conditional D's
         lowest over the labels it was trained on (the image is never told its own)."""
         images = tf.convert_to_tensor(images, tf.float32)
-        count = int(tf.shape(images)[0])
-        if not self.config.y_dim:
-            return self._critic_fn(images, tf.zeros((count, 0))).numpy()
-        return np.min([self._critic_fn(images, tf.one_hot(tf.fill([count], k),
-                                                          self.config.y_dim)).numpy()
-                       for k in self.config.conditions], axis=0)
+        return np.min([self._critic_fn(images, labels).numpy()
+                       for labels in self.condition_labels(tf.shape(images)[0])], axis=0)
 
     def generate(self, z, labels=None):
         """G(z) in inference mode (batch-norm moving statistics)."""

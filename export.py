@@ -6,7 +6,7 @@ or 3 channels, applies the training's pre-processing in the graph (Pillow's luma
 channel repetition, the original's centre crop, a bicubic resize rounded to 8 bits as Pillow's,
 the model's value range), encodes each image with E and scores G(E(x)) exactly as
 ``--anomaly_test --z_init encoder --test_epoch 0`` does (a conditional model under each of its
-normal digits, keeping the lowest score). Its ``search`` signature runs the latent search
+normal digits, keeping G(z) under the one with the lowest search score). Its ``search`` signature runs the latent search
 from E(x) for a given number of steps. The threshold is a variable; the model's config, health
 and threshold are JSON in the assets.
 """
@@ -29,6 +29,11 @@ def luma(pixels):
     """Pillow's RGB -> L conversion (ITU-R 601-2, integer rounding) of int32 pixels."""
     r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
     return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) // 65536)[..., None]
+
+
+def where_rows(mask, new, old):
+    """Row i of ``new`` where ``mask[i]``, else of ``old``."""
+    return tf.where(tf.reshape(mask, [-1] + [1] * (len(new.shape) - 1)), new, old)
 
 
 class Detector(tf.Module):
@@ -65,35 +70,25 @@ class Detector(tf.Module):
         out_h, out_w = spec.output_size
         resized = tf.image.resize(x, (out_h, out_w), method="bicubic", antialias=True)
         same = tf.logical_and(tf.shape(x)[1] == out_h, tf.shape(x)[2] == out_w)
-        x = tf.cond(same, lambda: tf.ensure_shape(x, [None, out_h, out_w, cfg.c_dim]),
-                    lambda: tf.clip_by_value(tf.round(resized), 0.0, 255.0))
-        return utils.scale_pixels(x, spec.value_range)
-
-    def _outputs(self, x, labels, z, real_logits, real_features):
-        """Score, anomaly map, G(z) and z of the images ``x`` at ``z``."""
-        score, _, _, fakes = self.dcgan.fake_scores(x, labels, z, real_features,
-                                                    self.search_config)
-        maps = anomaly_map(x, fakes, self.dcgan.config.value_range,
-                           self.search_config.residual_shift)
-        if self.image_score == "critic":
-            score = critic_score(real_logits)
-        elif self.image_score != "sum":
-            score = map_score(maps, self.image_score)
-        return score, maps, fakes, z
+        x = tf.cond(same, lambda: x, lambda: tf.clip_by_value(tf.round(resized), 0.0, 255.0))
+        return utils.scale_pixels(tf.ensure_shape(x, [None, out_h, out_w, cfg.c_dim]),
+                                  spec.value_range)
 
     def _encoded(self, x, labels, steps):
-        """The outputs after ``steps`` search steps from z = E(x) (None: at E(x), no loop)."""
+        """Search score, critic score, G(z) and z after ``steps`` search steps from z = E(x)
+        (None: at E(x), no loop), under one label batch."""
         dcgan = self.dcgan
         real_logits, real_features = dcgan.discriminator(x, labels, training=False)
         z = dcgan.encoder(x, labels, training=False)
         if steps is not None:
             z, _, _ = dcgan.adam_steps(x, labels, z, real_features, self.search_config, steps)
-        return self._outputs(x, labels, z, real_logits, real_features)
+        search_score, _, _, fakes = dcgan.fake_scores(x, labels, z, real_features,
+                                                      self.search_config)
+        return search_score, critic_score(real_logits), fakes, z
 
-    def _detect(self, images, steps):
-        """Per image: score, is_anomaly, residual_map, reconstruction (in [0, 1]) and z; a
-        conditional model's lowest score over its conditions."""
-        x = self.preprocess(images)
+    def _best_condition(self, x, steps):
+        """As the anomaly test: per image, G(z) and z under the label with the lowest search
+        score, that score, and the lowest critic score over the labels."""
         count = tf.shape(x)[0]
         best = None
         for condition in self.conditions:
@@ -101,10 +96,24 @@ class Detector(tf.Module):
             if best is None:
                 best = outputs
                 continue
-            better = outputs[0] < best[0]
-            best = tuple(tf.where(tf.reshape(better, [-1] + [1] * (len(o.shape) - 1)), o, b)
-                         for o, b in zip(outputs, best))
-        score, maps, fakes, z = best
+            (score, critic, fakes, z), (best_score, best_critic, best_fakes, best_z) = outputs, best
+            better = score < best_score
+            best = (tf.minimum(score, best_score), tf.minimum(critic, best_critic),
+                    where_rows(better, fakes, best_fakes), where_rows(better, z, best_z))
+        return best
+
+    def _detect(self, images, steps):
+        """Per image: score, is_anomaly, residual_map, reconstruction (in [0, 1]) and z."""
+        x = self.preprocess(images)
+        search_score, critic, fakes, z = self._best_condition(x, steps)
+        maps = anomaly_map(x, fakes, self.dcgan.config.value_range,
+                           self.search_config.residual_shift)
+        if self.image_score == "critic":
+            score = critic
+        elif self.image_score == "sum":
+            score = search_score
+        else:
+            score = map_score(maps, self.image_score)
         return {"score": score, "is_anomaly": score > self.threshold, "residual_map": maps,
                 "reconstruction": utils.rescale(fakes, self.dcgan.config.value_range), "z": z}
 

@@ -127,8 +127,9 @@ def map_score(maps, kind):
     """
     maps = tf.convert_to_tensor(maps, tf.float32)
     if kind == "top1":
-        flat_maps = flat(maps)
-        count = max(1, round(flat_maps.shape[1] * 0.01))
+        pixels = maps.shape[1] * maps.shape[2]
+        flat_maps = tf.reshape(maps, (-1, pixels))
+        count = max(1, round(pixels * 0.01))
         return tf.reduce_mean(tf.math.top_k(flat_maps, count).values, axis=1)
     if kind == "smoothmax":
         taps = gaussian_kernel(2.0)

@@ -313,6 +313,15 @@ def test_conditional_mnist_encoder_scores_with_and_without_labels(tmp_path):
                     "--test_epoch", 0, "--test_size", 6) == 0
     assert len(read_scores(tmp_path / "test" / "test_result")) == 6
     write_images(tmp_path / "test" / "anomaly", 2, 28, kind=5)
+    write_images(tmp_path / "test" / "normal", 6, 28, kind=0, seed=3)
+    saved = tmp_path / "detector"
     assert run_main(flags, "--anomaly_test", "--z_init", "encoder", "--test_epoch", 0,
-                    "--test_result_dir", "folder") == 0
-    assert len(read_scores(tmp_path / "test" / "folder")) == 2
+                    "--image_score", "top1", "--test_result_dir", "folder",
+                    "--export", saved) == 0
+    rows = read_scores(tmp_path / "test" / "folder")
+    assert len(rows) == 8
+    serve = tf.saved_model.load(str(saved)).signatures["serving_default"]
+    for row in rows:
+        pixels = np.asarray(Image.open(tmp_path / "test" / row["file"]))[None, ..., None]
+        exported = serve(images=tf.constant(pixels))["score"].numpy()[0]
+        assert exported == pytest.approx(float(row["anomaly_score"]), rel=1e-5)

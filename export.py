@@ -6,16 +6,15 @@ or 3 channels, applies the training's pre-processing in the graph (Pillow's luma
 channel repetition, the original's centre crop, a bicubic resize rounded to 8 bits as Pillow's,
 the model's value range), encodes each image with E and scores G(E(x)) exactly as
 ``--anomaly_test --z_init encoder --test_epoch 0`` does (a conditional model under each of its
-normal digits, keeping G(z) under the one with the lowest search score). Its ``search`` signature runs the latent search
-from E(x) for a given number of steps. The threshold is a variable; the model's config, health
-and threshold are JSON in the assets.
+normal digits, keeping G(z) under the one with the lowest search score). Its ``search``
+signature runs the latent search from E(x) for a given number of steps. The threshold is a
+variable; the model's config, health and threshold are JSON in the assets.
 """
 
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 
 import utils
@@ -46,9 +45,6 @@ class Detector(tf.Module):
         self.weights = [v.value for v in variables_by_path(
             dcgan.generator, dcgan.discriminator, dcgan.encoder).values()]
         self.threshold = tf.Variable(float(threshold), trainable=False, name="threshold")
-        cfg = dcgan.config
-        self.conditions = ([utils.one_hot([k], cfg.y_dim)[0] for k in cfg.conditions]
-                           if cfg.y_dim else [np.zeros(0, np.float32)])
 
     def preprocess(self, images):
         """uint8 images of any size and 1 or 3 channels -> the model's inputs."""
@@ -89,10 +85,9 @@ class Detector(tf.Module):
     def _best_condition(self, x, steps):
         """As the anomaly test: per image, G(z) and z under the label with the lowest search
         score, that score, and the lowest critic score over the labels."""
-        count = tf.shape(x)[0]
         best = None
-        for condition in self.conditions:
-            outputs = self._encoded(x, tf.tile(tf.constant(condition)[None], [count, 1]), steps)
+        for labels in self.dcgan.condition_labels(tf.shape(x)[0]):
+            outputs = self._encoded(x, labels, steps)
             if best is None:
                 best = outputs
                 continue

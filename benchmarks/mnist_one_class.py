@@ -1,8 +1,8 @@
 """One-class MNIST: detection quality of the scoring modes per normal digit and seed.
 
     python benchmarks/mnist_one_class.py --data_dir ../shared/data --digits 0,7 --seeds 0,1,2
-        [--epochs 5] [--gan dcgan|wgan_gp] [--modes b_izif] [--test_size 1000]
-        [--retries 1] [--work_dir out/mnist_one_class]
+        [--epochs 5] [--gan dcgan|wgan_gp] [--encoder_min_steps N] [--modes b_izif]
+        [--test_size 1000] [--retries 1] [--work_dir out/mnist_one_class]
 
 For each digit and seed: trains a one-class GAN (``main.py --normal_class <digit> --seed <s>
 --train``; the original's class-conditional MNIST model) for ``--epochs`` epochs with its
@@ -77,6 +77,9 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int_list, default=[0])
     parser.add_argument("--epochs", type=int, default=5, help="GAN training epochs")
     parser.add_argument("--gan", choices=anogan.config.GANS, default="dcgan")
+    parser.add_argument("--encoder_min_steps", type=int, default=None,
+                        help="the encoder's least steps [main.py's default]; a set value names "
+                             "its own runs and records")
     parser.add_argument("--retries", type=int, default=None, help="[main.py's default]")
     parser.add_argument("--test_size", type=int, default=1000)
     parser.add_argument("--test_epoch", type=int, default=100, help="search steps of a and c")
@@ -97,8 +100,16 @@ def parse_args(argv=None):
     return args
 
 
+def run_name(args, epochs=None):
+    """``e<epochs>``, with ``_E<steps>`` when the encoder's least steps are set."""
+    name = f"e{epochs or args.epochs}"
+    if args.encoder_min_steps is not None:
+        name += f"_E{args.encoder_min_steps}"
+    return name
+
+
 def run_root(args, seed, epochs=None):
-    return Path(args.work_dir) / args.gan / f"e{epochs or args.epochs}_seed{seed}"
+    return Path(args.work_dir) / args.gan / f"{run_name(args, epochs)}_seed{seed}"
 
 
 def model_folder(args, digit, seed, epochs=None):
@@ -114,7 +125,7 @@ def seed_from_shorter_training(args, digit, seed):
     target = model_folder(args, digit, seed)
     if (target / "checkpoint").exists():
         return
-    shorter = sorted(int(p.name[1:].split("_seed")[0]) for p in
+    shorter = sorted(int(p.name[1:].split("_")[0]) for p in
                      (Path(args.work_dir) / args.gan).glob(f"e*_seed{seed}"))
     for epochs in reversed([e for e in shorter if e < args.epochs]):
         source = model_folder(args, digit, seed, epochs)
@@ -154,14 +165,15 @@ def score(args, common_flags, root, digit, mode):
 def benchmark_run(args, digit, seed):
     """Trains (or reuses) one digit's GAN and encoder at one seed and scores every mode."""
     root = run_root(args, seed)
-    record = Path(args.records) / f"{args.gan}_e{args.epochs}_d{digit}_s{seed}.json"
+    record = Path(args.records) / f"{args.gan}_{run_name(args)}_d{digit}_s{seed}.json"
     common_flags = ["--dataset", "mnist", "--normal_class", digit, "--data_dir", args.data_dir,
                     "--checkpoint_dir", root / "checkpoint", "--seed", seed, "--gan", args.gan,
                     "--batch_size", args.batch_size, "--epoch", args.epochs,
                     "--sample_dir", root / "samples" / f"d{digit}", "--log_dir", root / "logs",
                     *args.extra.split()]
-    if args.retries is not None:
-        common_flags += ["--retries", args.retries]
+    for flag in ("encoder_min_steps", "retries"):
+        if getattr(args, flag) is not None:
+            common_flags += [f"--{flag}", getattr(args, flag)]
     row = json.loads(record.read_text()) if record.exists() else {}
     if all(mode in row for mode in args.modes) and row.get("test_size") == args.test_size:
         return row  # measured before, perhaps on another machine: its checkpoints may be gone
@@ -176,6 +188,7 @@ def benchmark_run(args, digit, seed):
                                                  steps // args.epochs)
     rejected = sorted(p.name for p in model_folder(args, digit, seed).glob("rejected_seed*"))
     row.update({"digit": digit, "seed": seed, "gan": args.gan, "gan_epochs": args.epochs,
+                "encoder_min_steps": args.encoder_min_steps,
                 "test_size": args.test_size, "training_seed": config.get("training_seed"),
                 "rejected_trainings": rejected, "health": config.get("health"),
                 "published_anogan_roc_auc": {name: row_[digit]

@@ -18,7 +18,7 @@ from pathlib import Path
 import tensorflow as tf
 
 import utils
-from losses import anomaly_map, critic_score, map_score
+from losses import anomaly_map, critic_score, image_score
 from networks import variables_by_path
 
 ASSET = "detector.json"
@@ -103,12 +103,7 @@ class Detector(tf.Module):
         search_score, critic, fakes, z = self._best_condition(x, steps)
         maps = anomaly_map(x, fakes, self.dcgan.config.value_range,
                            self.search_config.residual_shift)
-        if self.image_score == "critic":
-            score = critic
-        elif self.image_score == "sum":
-            score = search_score
-        else:
-            score = map_score(maps, self.image_score)
+        score = image_score(self.image_score, search_score, maps, lambda: critic)
         return {"score": score, "is_anomaly": score > self.threshold, "residual_map": maps,
                 "reconstruction": utils.rescale(fakes, self.dcgan.config.value_range), "z": z}
 

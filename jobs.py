@@ -10,6 +10,7 @@ Each takes the ``Job`` that main.py resolves from the flags once: the flags, the
 import argparse
 import dataclasses
 import errno
+import functools
 import json
 import math
 import os
@@ -254,10 +255,9 @@ def score_source(job, dcgan, source, search, report=None):
     for images, result in dcgan.score_batches(dataset, search, batches, flags.seed):
         maps = evaluation.anomaly_maps(images, result.final, dcgan.config.value_range,
                                        search.residual_shift)
-        if flags.image_score == "critic":
-            result.score = dcgan.critic_scores(images)
-        elif flags.image_score != "sum":
-            result.score = losses.map_score(maps, flags.image_score).numpy()
+        critic = functools.partial(dcgan.critic_scores, images)
+        result.score = np.asarray(losses.image_score(flags.image_score, result.score, maps,
+                                                     critic))
         if report is not None:
             report.add(images, result, maps)
         scores.append(result.score)

@@ -142,6 +142,17 @@ def map_score(maps, kind):
     raise ValueError(f"--image_score {kind!r} is not a map score {MAP_SCORES}")
 
 
+def image_score(kind, search_score, maps, critic):
+    """The ``--image_score`` ``kind`` of each image: 'sum' is the search's own score, 'critic'
+    calls ``critic()`` (only then, so D runs only when asked), and a map score
+    (``MAP_SCORES``) reads the anomaly ``maps``."""
+    if kind == "critic":
+        return critic()
+    if kind == "sum":
+        return search_score
+    return map_score(maps, kind)
+
+
 def critic_score(real_logits):
     """Per image: -D(x), how unlike the training images D (the WGAN critic, or the DCGAN's
     discriminator) finds x itself; G(z) plays no part."""

@@ -16,7 +16,7 @@ import model
 import utils
 from benchmarks import synthetic
 from config import ModelConfig
-from losses import anomaly_map, map_score
+from losses import anomaly_map, image_score, map_score
 from search import SearchResult
 
 FLAGS = ["--dataset", "mvtec/tex", "--output_height", "32", "--batch_size", "8",
@@ -174,6 +174,22 @@ def test_map_scores_favour_a_small_strong_defect_over_a_faint_everywhere_one():
         assert map_score(small, kind).numpy()[0] > map_score(faint, kind).numpy()[0]
     with pytest.raises(ValueError, match="--image_score"):
         map_score(small, "median")
+
+
+def test_image_score_runs_the_critic_only_when_it_is_asked_for():
+    maps = np.random.default_rng(2).uniform(0, 1, (2, 10, 10)).astype(np.float32)
+    summed, calls = np.array([3.0, 4.0]), []
+
+    def critic():
+        calls.append(1)
+        return np.array([-1.0, 2.0])
+
+    assert image_score("sum", summed, maps, critic) is summed
+    np.testing.assert_allclose(image_score("top1", summed, maps, critic),
+                               map_score(maps, "top1").numpy())
+    assert not calls
+    np.testing.assert_array_equal(image_score("critic", summed, maps, critic), [-1.0, 2.0])
+    assert calls == [1]
 
 
 def test_per_type_auc_names_each_defect_folder_and_is_none_without_folders():

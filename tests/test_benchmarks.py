@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import BENCHMARKS, benchmark_module, run_in_process
 
@@ -122,3 +123,47 @@ def test_mnist_one_class_keeps_every_run_per_seed_and_reuses_them(tmp_path, caps
     assert "already trained" not in err  # the records alone
     assert json.loads(again[again.index('{\n  "summary"'):])["summary"][
         "per_digit"]["1"]["b_izif"] == per_digit
+
+
+def write_scores(path, names, labels, scores):
+    """A ``scores.csv`` as ``--anomaly_test`` writes it (the columns the interval reads)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [f"{n},{y},{s},0,0,{y}" for n, y, s in zip(names, labels, scores)]
+    path.write_text("file,label,anomaly_score,residual_loss,discrimination_loss,is_anomaly\n"
+                    + "\n".join(rows) + "\n")
+    return path
+
+
+def test_roc_auc_interval_gives_each_runs_auc_and_an_interval_around_their_mean(tmp_path, capsys):
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], [30, 70])
+    runs = []
+    for seed in range(3):
+        scores = rng.normal(size=100) + 1.5 * labels
+        names = [f"test_{seed}_{i:03d}" for i in range(100)]
+        runs.append((write_scores(tmp_path / f"s{seed}" / "scores.csv", names, labels, scores),
+                     roc_auc_score(labels, scores)))
+    out = json.loads(run_in_process("roc_auc_interval", capsys, *[path for path, _ in runs],
+                                    "--resamples", 300, "--reference", 0.5).out)
+    assert out["draw"] == "per_run" and out["normal_images"] == [30] * 3
+    assert out["roc_auc"] == pytest.approx([auc for _, auc in runs], abs=1e-4)
+    low, high = out["interval_95_over_images"]
+    assert low < out["mean"] < high and high - low < 0.2
+    assert out["se_of_mean_over_runs"] == pytest.approx(out["sd_over_runs"] / 3 ** 0.5, abs=1e-4)
+    assert out["share_at_or_above_reference"] == 1.0
+
+
+def test_roc_auc_interval_shares_one_draw_between_runs_of_the_same_images(tmp_path, capsys):
+    names, labels = [f"test_{i}" for i in range(8)], [0, 0, 0, 0, 1, 1, 1, 1]
+    same = [write_scores(tmp_path / f"r{i}" / "scores.csv", names, labels, range(8))
+            for i in range(2)]
+    out = json.loads(run_in_process("roc_auc_interval", capsys, *same, "--resamples", 50).out)
+    assert out["draw"] == "shared" and out["roc_auc"] == [1.0, 1.0]
+    assert out["interval_95_over_images"] == [1.0, 1.0]
+
+
+def test_roc_auc_interval_refuses_runs_without_normal_images(tmp_path, capsys):
+    path = write_scores(tmp_path / "scores.csv", ["a", "b"], [1, 1], [0.1, 0.2])
+    with pytest.raises(SystemExit, match="both normal"):
+        run_in_process("roc_auc_interval", capsys, path)

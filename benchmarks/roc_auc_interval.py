@@ -23,10 +23,18 @@ import numpy as np
 
 
 def read_scores(path):
-    """``{file: (label, anomaly_score)}`` of one ``scores.csv``, unlabelled rows left out."""
-    with open(path, newline="") as handle:
-        return {row["file"]: (int(row["label"]), float(row["anomaly_score"]))
-                for row in csv.DictReader(handle) if row["label"] in ("0", "1")}
+    """``{file: (label, anomaly_score)}`` of one ``scores.csv``, unlabelled rows left out; exits
+    with one line naming the file when it cannot be read as one."""
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"file", "label", "anomaly_score"} - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"no column {', '.join(sorted(missing))}")
+            return {row["file"]: (int(row["label"]), float(row["anomaly_score"]))
+                    for row in reader if row["label"] in ("0", "1")}
+    except (OSError, KeyError, ValueError) as error:
+        sys.exit(f"error: {path} is not a readable scores.csv ({error})")
 
 
 def roc_auc(normal_scores, anomalous_scores):
@@ -78,10 +86,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference", type=float, default=None, help="a published ROC AUC")
     args = parser.parse_args(argv)
-    try:
-        runs = [read_scores(path) for path in args.scores]
-    except (OSError, KeyError, ValueError) as error:
-        sys.exit(f"error: cannot read a scores.csv: {error}")
+    runs = [read_scores(path) for path in args.scores]
     plan, splits = draw_plan(runs)
     if any(len(normal) == 0 or len(anomalous) == 0 for normal, anomalous in splits):
         sys.exit("error: each run needs both normal (label 0) and anomalous (label 1) test images")

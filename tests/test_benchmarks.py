@@ -167,3 +167,10 @@ def test_roc_auc_interval_refuses_runs_without_normal_images(tmp_path, capsys):
     path = write_scores(tmp_path / "scores.csv", ["a", "b"], [1, 1], [0.1, 0.2])
     with pytest.raises(SystemExit, match="both normal"):
         run_in_process("roc_auc_interval", capsys, path)
+
+
+def test_roc_auc_interval_names_a_file_that_is_no_scores_csv(tmp_path, capsys):
+    other = tmp_path / "metrics.json"
+    other.write_text('{"roc_auc": 0.9}\n')
+    with pytest.raises(SystemExit, match="metrics.json is not a readable scores.csv"):
+        run_in_process("roc_auc_interval", capsys, other)

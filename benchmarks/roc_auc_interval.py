@@ -26,7 +26,7 @@ def read_scores(path):
     """``{file: (label, anomaly_score)}`` of one ``scores.csv``, unlabelled rows left out; exits
     with one line naming the file when it cannot be read as one."""
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             missing = {"file", "label", "anomaly_score"} - set(reader.fieldnames or ())
             if missing:

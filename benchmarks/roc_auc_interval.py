@@ -33,7 +33,7 @@ def read_scores(path):
                 raise ValueError(f"no column {', '.join(sorted(missing))}")
             return {row["file"]: (int(row["label"]), float(row["anomaly_score"]))
                     for row in reader if row["label"] in ("0", "1")}
-    except (OSError, KeyError, ValueError) as error:
+    except (OSError, TypeError, ValueError) as error:
         sys.exit(f"error: {path} is not a readable scores.csv ({error})")
 
 

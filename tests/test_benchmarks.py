@@ -174,3 +174,10 @@ def test_roc_auc_interval_names_a_file_that_is_no_scores_csv(tmp_path, capsys):
     other.write_text('{"roc_auc": 0.9}\n')
     with pytest.raises(SystemExit, match="metrics.json is not a readable scores.csv"):
         run_in_process("roc_auc_interval", capsys, other)
+
+
+def test_roc_auc_interval_names_a_scores_csv_with_a_short_row(tmp_path, capsys):
+    short = tmp_path / "scores.csv"
+    short.write_text("file,label,anomaly_score\na,0,0.1\nb,1\n")
+    with pytest.raises(SystemExit, match="scores.csv is not a readable scores.csv"):
+        run_in_process("roc_auc_interval", capsys, short)

@@ -119,7 +119,9 @@ class AnomalyReport:
     """Writes the anomaly test's outputs as batches arrive, and its summary at the end.
 
     Everything is written into a hidden staging folder beside ``result_dir``, which replaces
-    ``result_dir`` whole at the end: a run's results appear together or not at all. Per image
+    ``result_dir`` whole at the end: a run's results appear together or not at all. The caller
+    holds ``runtime.output_lock`` of ``result_dir``, so the staging folders a killed run left
+    behind are removed here. Per image
     it writes the original's AD_/AD_error_ PNGs at once (distinct names even where two inputs'
     flattened names are alike); scores go to a partial CSV as they come, and ``finish`` writes
     scores.csv (with ``is_anomaly``), metrics.json and the plots, then publishes the folder.
@@ -133,7 +135,8 @@ class AnomalyReport:
         self.final_dir = Path(result_dir)
         self.figures = figures
         self.final_dir.parent.mkdir(parents=True, exist_ok=True)
-        for stale in self.final_dir.parent.glob(f".{self.final_dir.name}.partial-*"):
+        for stale in (*self.final_dir.parent.glob(f".{self.final_dir.name}.partial-*"),
+                      *self.final_dir.parent.glob(f".{self.final_dir.name}.old-*")):
             shutil.rmtree(stale, ignore_errors=True)
         self.result_dir = Path(tempfile.mkdtemp(prefix=f".{self.final_dir.name}.partial-",
                                                 dir=self.final_dir.parent))
@@ -322,15 +325,29 @@ def log_results(log_dir, step, name, scores, labels, metrics, overview_path):
 
 
 def evaluate(scores, labels, flagged):
-    """ROC AUC, PR AUC and F1 over the labelled images; None without both classes."""
-    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+    """Over the labelled images: ROC AUC, PR AUC, and precision, recall and F1 of ``flagged``
+    (the threshold's verdicts), with ``oracle_best_f1``, the best F1 of any threshold (read
+    from these labels, so not a figure a threshold chosen without them can promise); None
+    without both classes."""
+    from sklearn.metrics import (
+        average_precision_score,
+        precision_recall_curve,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
 
     known = (labels >= 0) & np.isfinite(scores)
     y, s = labels[known], scores[known]
     if len(np.unique(y)) < 2:
-        return {"roc_auc": None, "pr_auc": None, "f1": None}
+        return dict.fromkeys(("roc_auc", "pr_auc", "precision", "recall", "f1",
+                              "oracle_best_f1"))
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y, flagged[known], average="binary", zero_division=0)
+    curve_precision, curve_recall, _ = precision_recall_curve(y, s)
+    denominator = np.maximum(curve_precision + curve_recall, 1e-12)
     return {"roc_auc": float(roc_auc_score(y, s)), "pr_auc": float(average_precision_score(y, s)),
-            "f1": float(f1_score(y, flagged[known]))}
+            "precision": float(precision), "recall": float(recall), "f1": float(f1),
+            "oracle_best_f1": float(np.max(2 * curve_precision * curve_recall / denominator))}
 
 
 def per_type_roc_auc(names, scores, labels):

@@ -2,8 +2,8 @@
 
 ``export_detector`` writes a SavedModel that needs TensorFlow alone. Its ``serving_default``
 signature takes a batch of uint8 images ``[batch, height, width, channels]`` of any size with 1
-or 3 channels, applies the training's pre-processing in the graph (Pillow's luma conversion or
-channel repetition, the original's centre crop, a bicubic resize rounded to 8 bits as Pillow's,
+to 4 channels, applies the training's pre-processing in the graph (alpha composited onto white,
+Pillow's luma conversion or channel repetition, the original's centre crop, a bicubic resize rounded to 8 bits as Pillow's,
 the model's value range), encodes each image with E and scores G(E(x)) exactly as
 ``--anomaly_test --z_init encoder --test_epoch 0`` does (a conditional model under each of its
 normal digits, keeping G(z) under the one with the lowest search score). Its ``search``
@@ -11,6 +11,7 @@ signature runs the latent search from E(x) for a given number of steps. The thre
 variable; the model's config, health and threshold are JSON in the assets.
 """
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ import tensorflow as tf
 import utils
 from losses import anomaly_map, critic_score, image_score
 from networks import variables_by_path
+from runtime import output_lock
 
 ASSET = "detector.json"
 
@@ -28,6 +30,25 @@ def luma(pixels):
     """Pillow's RGB -> L conversion (ITU-R 601-2, integer rounding) of int32 pixels."""
     r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
     return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) // 65536)[..., None]
+
+
+def composited_on_white(pixels):
+    """Pillow's ``alpha_composite`` onto opaque white of int32 pixels whose last channel is
+    alpha (its integer arithmetic, 7 bits of precision): the opaque colour channels."""
+    colour, alpha = pixels[..., :-1], pixels[..., -1:]
+    mixed = (colour * alpha + 255 * (255 - alpha)) * 128 + (0x80 << 7)
+    return (mixed // 256 + mixed) // 256 // 128
+
+
+def opaque_channels(pixels):
+    """int32 pixels of 1 to 4 channels as image files are read (``utils.eight_bit``): 2 and 4
+    (gray or colour with alpha) composited onto white; 1 or 3 channels out."""
+    channels = tf.shape(pixels)[-1]
+    tf.debugging.assert_less_equal(
+        channels, 4, message="images must have 1 (gray), 2 (gray, alpha), 3 (RGB) or 4 (RGBA) "
+                             "channels")
+    tf.debugging.assert_positive(channels, message="images must have at least one channel")
+    return tf.cond(channels % 2 == 0, lambda: composited_on_white(pixels), lambda: pixels)
 
 
 def where_rows(mask, new, old):
@@ -47,9 +68,9 @@ class Detector(tf.Module):
         self.threshold = tf.Variable(float(threshold), trainable=False, name="threshold")
 
     def preprocess(self, images):
-        """uint8 images of any size and 1 or 3 channels -> the model's inputs."""
+        """uint8 images of any size and 1 to 4 channels -> the model's inputs."""
         cfg, spec = self.dcgan.config, self.spec
-        pixels = tf.cast(images, tf.int32)
+        pixels = opaque_channels(tf.cast(images, tf.int32))
         channels = tf.shape(pixels)[-1]
         if cfg.c_dim == 1:
             pixels = tf.cond(channels >= 3, lambda: luma(pixels), lambda: pixels[..., :1])
@@ -116,32 +137,74 @@ class Detector(tf.Module):
         return self._detect(images, steps)
 
 
+class ExportError(Exception):
+    """An export path that must not be replaced, or a SavedModel that could not be written."""
+
+
+def is_export(folder):
+    """Whether ``folder`` holds an earlier export of this project: a SavedModel whose assets
+    hold this project's ``detector.json`` (its marker)."""
+    folder = Path(folder)
+    try:
+        info = json.loads((folder / "assets" / ASSET).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(info, dict) and {"model", "threshold", "mode"} <= info.keys()
+            and (folder / "saved_model.pb").is_file())
+
+
+def check_target(folder):
+    """ExportError unless ``folder`` is a new path or an earlier export (``is_export``) that
+    may be replaced: never a data, checkpoint or user's folder, a file or a link."""
+    path = Path(os.path.abspath(folder))
+    if path.is_symlink():
+        raise ExportError(f"{path} is a symbolic link: export to the folder it points to, or "
+                          "to a new path; nothing was touched")
+    if path.exists() and not is_export(path):
+        kind = "a folder" if path.is_dir() else "a file"
+        raise ExportError(f"{path} is {kind} that is not an earlier export of this project "
+                          f"(no assets/{ASSET}): export to a new path; nothing was touched")
+
+
+def remove_stale_temporaries(folder):
+    """Removes the hidden temporary folders that a killed export of ``folder`` left beside
+    it (the caller holds its ``output_lock``)."""
+    for pattern in (f".{folder.name}.*.tmp", f".{folder.name}.*.old"):
+        for stale in folder.parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def export_detector(dcgan, spec, search_config, image_score, threshold, info, folder):
     """Writes the detector's SavedModel into ``folder`` (whole: into a temporary folder that
-    is then renamed; an existing one is replaced). ``info`` goes into the assets as JSON."""
-    folder = Path(folder)
+    is then renamed), a new path or an earlier export (``check_target``: ExportError else).
+    ``info`` goes into the assets as JSON."""
+    folder = Path(os.path.abspath(folder))
     detector = Detector(dcgan, spec, search_config, image_score, threshold)
     images = tf.TensorSpec([None, None, None, None], tf.uint8, name="images")
     serve = tf.function(detector.score, input_signature=[images])
     search = tf.function(detector.search, input_signature=[
         images, tf.TensorSpec([], tf.int32, name="steps")])
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tf.saved_model.save(detector, str(tmp), signatures={
-            "serving_default": serve.get_concrete_function(),
-            "search": search.get_concrete_function()},
-            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-        (tmp / "assets").mkdir(exist_ok=True)
-        utils.write_json(tmp / "assets" / ASSET, info)
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not folder.exists():
-            os.replace(old, folder)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    with output_lock(folder, "export"):
+        check_target(folder)
+        remove_stale_temporaries(folder)
+        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+        old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+        try:
+            tf.saved_model.save(detector, str(tmp), signatures={
+                "serving_default": serve.get_concrete_function(),
+                "search": search.get_concrete_function()},
+                options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+            (tmp / "assets").mkdir(exist_ok=True)
+            utils.write_json(tmp / "assets" / ASSET, info)
+            if folder.exists():
+                os.replace(folder, old)
+            os.replace(tmp, folder)
+        except tf.errors.OpError as error:
+            raise ExportError(f"the SavedModel could not be written into {tmp.parent} "
+                              f"({error.message.splitlines()[0]})") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old.exists() and not folder.exists():
+                os.replace(old, folder)
+        shutil.rmtree(old, ignore_errors=True)
     return folder

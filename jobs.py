@@ -264,27 +264,67 @@ def score_source(job, dcgan, source, search, report=None):
     return np.concatenate(scores)
 
 
-def choose_threshold(job, dcgan, report):
-    """The manual threshold, or the 95th percentile of normal images' scores."""
+def choose_threshold(job, dcgan, search):
+    """The threshold and its source: --threshold, else the 95th percentile of the held-out
+    training images' scores under ``search`` (never the test images': their labels are what
+    the threshold is measured on)."""
     if job.flags.threshold != "auto":
         return job.flags.threshold, "manual"
-    normal = report.normal_scores()
-    normal = normal[np.isfinite(normal)]
-    if len(normal):
-        return float(np.percentile(normal, 95)), "normal_test_images"
-    return held_out_threshold(job, dcgan, job.search_config)
+    return held_out_threshold(job, dcgan, search), "heldout_train_images"
+
+
+THRESHOLDS = "thresholds.json"
+"""The automatic thresholds kept in the checkpoint folder, each with what produced it."""
+
+KEPT_THRESHOLDS = 20
+
+
+def threshold_key(job, dcgan, search):
+    """Everything the held-out images' scores depend on: a kept threshold is reused only when
+    all of it matches (the model's steps and seed, the scoring flags, the images' split)."""
+    flags = job.flags
+    return {**scoring_mode(search, flags.image_score), "test_learning_rate": search.learning_rate,
+            "beta1": search.beta1, "test_restarts": search.restarts,
+            "test_clip_z": search.clip_z, "seed": flags.seed, "crop": flags.crop,
+            "input_size": list(job.data.input_size), "gan_steps": dcgan.steps_done,
+            "training_seed": dcgan.training_seed,
+            "encoder_steps": dcgan.encoder_steps_done if search.z_init == "encoder" else None}
+
+
+def kept_thresholds(dcgan):
+    """The thresholds kept in ``dcgan``'s checkpoint folder (a list; empty when unreadable)."""
+    try:
+        kept = json.loads((dcgan.checkpoint_dir / THRESHOLDS).read_text())["thresholds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [entry for entry in kept if isinstance(entry, dict) and "key" in entry]
 
 
 def held_out_threshold(job, dcgan, search):
-    """The 95th percentile of the held-out training images' scores under ``search``, and its
-    source."""
+    """The 95th percentile of the held-out training images' scores under ``search``: the
+    kept one when everything that produced it matches, else scored now and kept."""
+    key = json.loads(json.dumps(threshold_key(job, dcgan, search)))
+    kept = kept_thresholds(dcgan)
+    for entry in kept:
+        if entry["key"] == key:
+            return entry["threshold"]
     _, _, held_out = job.data.training_split()
     if not len(held_out):
-        raise utils.DataError("no labelled normal test images and too few training images to "
-                              "hold out: pass --threshold <score>")
+        raise utils.DataError("too few training images to hold out normal ones for the "
+                              "automatic threshold (20 or more are needed): pass --threshold "
+                              "<score>")
     print(f"scoring {len(held_out)} held-out training images for the threshold")
     held = score_source(job, dcgan, held_out, search)
-    return float(np.percentile(held[np.isfinite(held)], 95)), "heldout_train_images"
+    threshold = float(np.percentile(held[np.isfinite(held)], 95))
+    if dcgan.is_chief:
+        entry = {"key": key, "threshold": threshold, "images": len(held_out)}
+        try:
+            utils.write_json(dcgan.checkpoint_dir / THRESHOLDS,
+                             {"thresholds": [*kept, entry][-KEPT_THRESHOLDS:]})
+        except OSError as error:
+            print(f"warning: the threshold could not be kept in {dcgan.checkpoint_dir} "
+                  f"({error.strerror or error}): it will be scored again", file=sys.stderr)
+    return threshold
 
 
 def check_encoder(dcgan, what="--z_init encoder"):
@@ -310,7 +350,8 @@ def anomaly_test(job):
         raise UsageError(f"--test_result_dir {job.flags.test_result_dir}: {result_dir} holds "
                          "test images, not results: choose another name")
     if dcgan.is_chief:
-        score_and_report(job, dcgan, result_dir)
+        with runtime.output_lock(result_dir, "anomaly test"):
+            score_and_report(job, dcgan, result_dir)
         return
     with tempfile.TemporaryDirectory() as scratch:  # other workers search but write nothing
         score_and_report(job, dcgan, Path(scratch))
@@ -323,6 +364,7 @@ def score_and_report(job, dcgan, result_dir):
     warn(dcgan.health["gan"], gan=dcgan.config.gan)
     if flags.z_init == "encoder":
         warn(dcgan.health["encoder"], "encoder")
+    threshold, threshold_source = choose_threshold(job, dcgan, job.search_config)
     report = evaluation.AnomalyReport(result_dir, source, dcgan.config.value_range,
                                       mask_spec=image_spec(job, dcgan),
                                       figures=not flags.no_figures)
@@ -333,7 +375,6 @@ def score_and_report(job, dcgan, result_dir):
     started = time.perf_counter()
     score_source(job, dcgan, source, job.search_config, report)
     seconds = time.perf_counter() - started
-    threshold, threshold_source = choose_threshold(job, dcgan, report)
     metrics = report.finish(threshold, threshold_source, {
         "seconds": round(seconds, 3), "images_per_second": round(len(source) / seconds, 3),
         **scoring_mode(job.search_config, flags.image_score),
@@ -367,27 +408,13 @@ def one_pass(search):
     return dataclasses.replace(search, z_init="encoder", steps=0)
 
 
-def export_threshold(job, dcgan, search):
-    """The exported threshold and its source: --threshold, else the last anomaly test's when
-    it scored as ``search`` does, else the held-out training images' 95th percentile."""
-    if job.flags.threshold != "auto":
-        return job.flags.threshold, "manual"
-    path = job.data.result_folder() / "metrics.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        wanted = {**scoring_mode(search, job.flags.image_score), "gan_steps": dcgan.steps_done}
-        if all(saved.get(key) == value for key, value in wanted.items()):
-            return saved["threshold"], f"anomaly_test:{saved['threshold_source']}"
-    return held_out_threshold(job, dcgan, search)
-
-
 def export_model(job):
     """Writes the SavedModel of the trained GAN and encoder (--export)."""
     flags = job.flags
     dcgan = trained_model(job)
     check_encoder(dcgan, "--export")
     search = one_pass(job.search_config)
-    threshold, source = export_threshold(job, dcgan, search)
+    threshold, source = choose_threshold(job, dcgan, search)
     spec = image_spec(job, dcgan)
     info = {"model": dataclasses.asdict(dcgan.config), "health": dcgan.health,
             "training_seed": dcgan.training_seed, "gan_steps": dcgan.steps_done,
@@ -395,14 +422,28 @@ def export_model(job):
             "threshold_source": source, "mode": scoring_mode(search, flags.image_score),
             "input": {"size": spec.input_size, "crop": spec.crop},
             "output_size": spec.output_size, "value_range": spec.value_range}
-    folder = export.export_detector(dcgan, spec, search, flags.image_score, threshold, info,
-                                    flags.export)
+    try:
+        folder = export.export_detector(dcgan, spec, search, flags.image_score, threshold,
+                                        info, flags.export)
+    except export.ExportError as error:
+        raise UsageError(f"--export {flags.export}: {error}") from None
     print(f"exported to {folder}: threshold {threshold:.6g} ({source})")
+
+
+def check_export_target(flags):
+    """UsageError, before any work, when --export names a path it must not replace."""
+    try:
+        export.check_target(flags.export)
+    except export.ExportError as error:
+        raise UsageError(f"--export {flags.export}: {error}") from None
+    check_writable(Path(os.path.abspath(flags.export)).parent, "--export")
 
 
 def run(job):
     """Runs the jobs the flags ask for, in order."""
     flags = job.flags
+    if flags.export:
+        check_export_target(flags)
     keras.utils.set_random_seed(flags.seed)
     if flags.train:
         train(job)

@@ -299,7 +299,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, interrupt)
     try:
         jobs.run(resolve(args))
-    except (jobs.UsageError, utils.DataError, runtime.CheckpointError,
+    except (jobs.UsageError, utils.DataError, runtime.CheckpointError, runtime.FolderInUse,
             training.TrainingDiverged) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
 """Process concerns: a quiet TensorFlow start-up, the memory the machine has, tf.distribute
-strategies and the chief, stop requests (SIGINT, SIGTERM) and the checkpoint folder's lock.
+strategies and the chief, stop requests (SIGINT, SIGTERM), the checkpoint folder's lock and
+the lock of an output path (results, exports).
 
 TensorFlow's native code writes notices to the process's stderr while it loads and while it
 first looks for devices (CUDA drivers missing, oneDNN on, CPU instructions, absl's 'All log
@@ -162,6 +163,32 @@ def folder_lock(folder):
             yield
         finally:
             os.ftruncate(descriptor, 0)
+    finally:
+        os.close(descriptor)
+
+
+class FolderInUse(Exception):
+    """An output path that another process is writing now."""
+
+
+@contextlib.contextmanager
+def output_lock(path, what):
+    """Holds an exclusive OS lock on the folder that holds ``path`` (the folder itself, so
+    nothing is left behind): one process writes ``path`` or its hidden temporaries at a time.
+
+    Raises ``FolderInUse`` at once, naming ``what``, when another process holds it. Within, the
+    hidden temporaries that a killed earlier writer left beside ``path`` may be removed.
+    """
+    parent = Path(path).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderInUse(f"{path} is being written by another {what} now: wait for it "
+                              "or choose another path") from None
+        yield
     finally:
         os.close(descriptor)
 

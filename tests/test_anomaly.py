@@ -77,9 +77,13 @@ def test_labelled_folder_writes_every_output(trained):
                             "test_epoch", "ano_lambda"}
     assert metrics["n"] == 9 and metrics["test_epoch"] == 4 and metrics["ano_lambda"] == 0.1
     assert 0.0 <= metrics["roc_auc"] <= 1.0 and 0.0 <= metrics["pr_auc"] <= 1.0
-    normal = [float(r["anomaly_score"]) for r in rows if r["label"] == "0"]
-    assert metrics["threshold_source"] == "normal_test_images"
-    assert metrics["threshold"] == pytest.approx(np.percentile(normal, 95), rel=1e-5)
+    assert metrics["threshold_source"] == "heldout_train_images"
+    kept = json.loads((root / "checkpoint" / "rings_8_28_28" / "thresholds.json").read_text())
+    assert [entry["threshold"] for entry in kept["thresholds"]] == [metrics["threshold"]]
+    assert kept["thresholds"][0]["key"]["test_epoch"] == 4
+    assert metrics["threshold"] > 0
+    assert {"precision", "recall", "f1", "oracle_best_f1"} <= set(metrics)
+    assert metrics["oracle_best_f1"] >= metrics["f1"]
     flagged = [r["is_anomaly"] == "1" for r in rows]
     assert flagged == [float(r["anomaly_score"]) > metrics["threshold"] for r in rows]
     assert metrics["n_anomalous"] == sum(flagged)

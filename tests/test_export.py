@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,13 +25,21 @@ SCORER = textwrap.dedent("""
     import tensorflow as tf
     from PIL import Image
     assert not any(name in sys.modules for name in ("main", "model", "ops", "utils"))
+
+    def export_pixels(image):  # an image's uint8 pixels, as the README tells clients
+        if image.mode.startswith("I") or image.mode == "F":
+            values = np.asarray(image, np.float64)
+            top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+            return np.clip(np.rint(values / top * 255), 0, 255).astype(np.uint8)
+        return np.asarray(image.convert("RGBA") if image.mode == "P" else image)
+
     everything = {}
     for folder, paths in json.loads(sys.argv[2]).items():
         detector = tf.saved_model.load(folder)
         serve = detector.signatures["serving_default"]
         results = everything[folder] = {}
         for path in paths:
-            pixels = np.asarray(Image.open(path))
+            pixels = export_pixels(Image.open(path))
             pixels = pixels[..., None] if pixels.ndim == 2 else pixels
             out = serve(images=tf.constant(pixels[None]))
             results[path] = [float(out["score"][0]), bool(out["is_anomaly"][0]),
@@ -76,7 +85,7 @@ def test_exported_scores_equal_the_anomaly_tests_outside_the_project(tiny_detect
     assert main.main([*flags, "--anomaly_test", "--z_init", "encoder", "--test_epoch", "0",
                       "--residual_shift", "1", "--test_dir", str(test_dir),
                       "--export", str(saved)]) == 0
-    assert "(anomaly_test:normal_test_images)" in capsys.readouterr().out
+    assert "(heldout_train_images)" in capsys.readouterr().out
     rows = read_scores(test_dir / "test_result")
     metrics = json.loads((test_dir / "test_result" / "metrics.json").read_text())
     results = score_outside(tmp_path, {saved: [test_dir / row["file"] for row in rows]})[
@@ -86,11 +95,12 @@ def test_exported_scores_equal_the_anomaly_tests_outside_the_project(tiny_detect
         score, flagged, map_shape, fake_shape = results[str(test_dir / row["file"])]
         resized = "anomaly/img_4" in row["file"]  # 37x37: Pillow's and TF's bicubic differ
         assert score == pytest.approx(float(row["anomaly_score"]), rel=2e-3 if resized else 1e-5)
-        assert flagged == (score > metrics["threshold"])
+        assert flagged == (score > metrics["threshold"]) == (row["is_anomaly"] == "1")
         assert map_shape == [1, 28, 28] and fake_shape == [1, 28, 28, 1]
     assert results["search"] > 0
     info = json.loads((saved / "assets" / export.ASSET).read_text())
-    assert info["threshold_source"] == "anomaly_test:normal_test_images"
+    assert info["threshold_source"] == metrics["threshold_source"] == "heldout_train_images"
+    assert info["threshold"] == metrics["threshold"]
     assert info["mode"]["z_init"] == "encoder" and info["model"]["c_dim"] == 1
     assert info["mode"]["residual_shift"] == metrics["residual_shift"] == 1
     assert "gan" in info["health"] and info["output_size"] == [28, 28]
@@ -172,3 +182,110 @@ def test_a_single_image_file_is_scored_and_printed(tiny_detector, tmp_path, caps
     assert (verdict == "anomalous") == (float(score) > metrics["threshold"])
     assert np.isfinite(float(score))
     assert Image.open(tmp_path / "inbox" / "test_result" / f"AD_0_{image.stem}.png")
+
+
+def tree_digest(root):
+    """{relative path: sha256} of every file under ``root`` (or of ``root``, a file)."""
+    root = Path(root)
+    if root.is_file():
+        return {".": hashlib.sha256(root.read_bytes()).hexdigest()}
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_export_refuses_every_path_that_is_not_its_own_and_keeps_every_byte(tiny_detector,
+                                                                           tmp_path, capsys):
+    root, flags = tiny_detector
+    mine = tmp_path / "my_files"
+    write_images(mine, 2, 28, kind=3)
+    (mine / "notes.txt").write_text("keep me")
+    a_file = tmp_path / "report.txt"
+    a_file.write_text("keep me too")
+    targets = [root / "data", root / "data" / "rings", root / "checkpoint" / "rings_8_28_28",
+               root / "checkpoint", mine, a_file]
+    before = {target: tree_digest(target) for target in targets}
+    for target in targets:
+        capsys.readouterr()
+        assert main.main([*flags, "--export", str(target)]) == 2
+        line = error_line(capsys)
+        assert f"--export {target}" in line and "not an earlier export" in line
+        assert tree_digest(target) == before[target], target
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [p for p in root.rglob(".*") if p.name.endswith((".tmp", ".old"))]
+
+
+def mode_images(folder):
+    """A 28x28 test image of every mode the anomaly test reads, in ``folder``: their paths."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    gray = write_images(folder / "gray", 1, 28, kind=0, seed=4)[0]
+    ring = np.asarray(Image.open(gray))
+    alpha = np.clip(rng.normal(160, 60, ring.shape), 0, 255).astype(np.uint8)
+    colour = np.stack([ring, np.flipud(ring), 255 - ring], axis=-1)
+    images = {"L": Image.fromarray(ring, "L"),
+              "LA": Image.fromarray(np.stack([ring, alpha], -1), "LA"),
+              "RGB": Image.fromarray(colour, "RGB"),
+              "RGBA": Image.fromarray(np.concatenate([colour, alpha[..., None]], -1), "RGBA"),
+              "P": Image.fromarray(colour, "RGB").quantize(16),
+              "I;16": Image.fromarray(ring.astype(np.uint16) * 200)}
+    paths = []
+    for mode, image in images.items():
+        path = folder / f"{mode.replace(';', '_')}.png"
+        image.save(path)
+        with Image.open(path) as saved:
+            assert saved.mode == mode
+        paths.append(path)
+    shutil.rmtree(folder / "gray")
+    return paths
+
+
+def test_every_image_mode_gets_the_same_verdict_from_the_export_and_the_cli(tiny_detector,
+                                                                           tmp_path):
+    _, flags = tiny_detector
+    paths = mode_images(tmp_path / "modes")
+    saved = tmp_path / "detector"
+    assert main.main([*flags, "--anomaly_test", "--z_init", "encoder", "--test_epoch", "0",
+                      "--test_dir", str(tmp_path / "modes"), "--export", str(saved)]) == 0
+    rows = {row["file"]: row for row in read_scores(tmp_path / "modes" / "test_result")}
+    results = score_outside(tmp_path, {saved: paths})[str(saved)]
+    for path in paths:
+        score, flagged, _, _ = results[str(path)]
+        row = rows[path.name]
+        assert score == pytest.approx(float(row["anomaly_score"]), rel=1e-5), path.name
+        assert flagged == (row["is_anomaly"] == "1"), path.name
+
+
+def test_the_export_refuses_images_of_other_channel_counts(tiny_detector, tmp_path):
+    import tensorflow as tf
+
+    _, flags = tiny_detector
+    saved = tmp_path / "detector"
+    assert main.main([*flags, "--export", str(saved)]) == 0
+    serve = tf.saved_model.load(str(saved)).signatures["serving_default"]
+    for channels in (5, 0):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="channel"):
+            serve(images=tf.zeros([1, 28, 28, channels], tf.uint8))
+
+
+def test_a_result_folder_in_use_is_refused_and_stale_staging_is_removed(tiny_detector,
+                                                                        tmp_path, capsys):
+    import runtime
+
+    _, flags = tiny_detector
+    test_dir = tmp_path / "inbox"
+    write_images(test_dir, 2, 28, kind=4)
+    stale = [test_dir / ".test_result.partial-dead", test_dir / ".test_result.old-1",
+             tmp_path / ".detector.77.tmp"]
+    for folder in stale:
+        (folder / "sub").mkdir(parents=True)
+    one_pass = ["--anomaly_test", "--z_init", "encoder", "--test_epoch", "0", "--test_dir",
+                str(test_dir)]
+    with runtime.output_lock(test_dir / "test_result", "anomaly test"):
+        capsys.readouterr()
+        assert main.main([*flags, *one_pass]) == 2
+        assert "is being written by another anomaly test now" in error_line(capsys)
+    assert not (test_dir / "test_result").exists()
+    assert main.main([*flags, *one_pass, "--export", str(tmp_path / "detector")]) == 0
+    assert not any(folder.exists() for folder in stale)
+    assert sorted(p.name for p in test_dir.iterdir()) == ["img_4_000.png", "img_4_001.png",
+                                                          "test_result"]

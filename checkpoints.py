@@ -143,7 +143,10 @@ def read_model_config(path, config):
         raise CheckpointError(f"{path} holds {type(saved).__name__}, not a JSON "
                               "object: restore it or move the folder away")
     wanted = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as lists
-    differing = sorted(k for k in wanted if saved.get(k, wanted[k]) != wanted[k])
+    defaults = {field.name: field.default for field in dataclasses.fields(config)
+                if field.default is not dataclasses.MISSING}
+    differing = sorted(k for k in wanted
+                       if saved.get(k, defaults.get(k, wanted[k])) != wanted[k])
     if differing:
         details = ", ".join(f"{k}: checkpoint {saved.get(k)} vs now {wanted.get(k)}"
                             for k in differing)

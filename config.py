@@ -5,7 +5,7 @@ and ``SearchConfig`` (the AnoGAN latent search and its score)."""
 import dataclasses
 import math
 
-from losses import anomaly_score, izif_score
+from losses import RESIDUAL_MAPS, anomaly_score, izif_score
 from ops import halve
 
 
@@ -25,7 +25,8 @@ class ModelConfig:
 
     ``classes``: the labels a conditional model is trained on (one-class MNIST: the normal
     digits); empty for all ``y_dim``. ``gan``: 'dcgan' (the original's losses, batch norm in D)
-    or 'wgan_gp' (f-AnoGAN's WGAN-GP; layer norm in the critic D).
+    or 'wgan_gp' (f-AnoGAN's WGAN-GP; layer norm in the critic D). ``patch_size`` > 0: trained
+    on patches of that size (the output size) of images scaled by ``image_scale``.
     """
 
     output_height: int
@@ -39,9 +40,15 @@ class ModelConfig:
     dfc_dim: int = 1024
     classes: tuple = ()
     gan: str = "dcgan"
+    patch_size: int = 0
+    image_scale: float = 1.0
 
     def __post_init__(self):
         check_fields([
+            (self.patch_size and (self.output_height, self.output_width)
+             != (self.patch_size, self.patch_size),
+             "a patch model's output size is its patch size"),
+            (not 0.0 < self.image_scale <= 1.0, "--image_scale must be in (0, 1]"),
             (self.gan not in GANS, f"--gan must be one of {GANS}"),
             (min(self.output_height, self.output_width) < 8,
              "--output_height/width must be >= 8"),
@@ -143,6 +150,7 @@ SCORES = ("anogan", "izif")
 DIS_LOSSES = ("feature", "gan")
 Z_INITS = ("random", "encoder")
 MAX_RESIDUAL_SHIFT = 8  # the smallest output size: G(z) mirrored at its edges
+MAX_MAP_SIGMA = 64.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +163,9 @@ class SearchConfig:
     after each step. ``score`` 'anogan' is the original's (``anomaly_score``, weight
     ``ano_lambda``), 'izif' f-AnoGAN's (``izif_score``, weight ``kappa``). ``residual_shift``
     pixels of misregistration the residual map forgives (``anomaly_map``: pixel metrics, map
-    scores, figures). The defaults are the original's search.
+    scores, figures); ``residual_map`` which map ('l1', the original's |x - G(z)|, 'ssim' or
+    'gms'), smoothed by a Gaussian of ``map_sigma`` pixels (0: not smoothed). The defaults are
+    the original's search.
     """
 
     steps: int = 100
@@ -169,6 +179,8 @@ class SearchConfig:
     score: str = "anogan"
     kappa: float = 1.0
     residual_shift: int = 0
+    residual_map: str = "l1"
+    map_sigma: float = 0.0
 
     def __post_init__(self):
         check_fields([
@@ -185,7 +197,20 @@ class SearchConfig:
             (not self.kappa >= 0, "--encoder_kappa must be >= 0"),
             (not 0 <= self.residual_shift <= MAX_RESIDUAL_SHIFT,
              f"--residual_shift must be in [0, {MAX_RESIDUAL_SHIFT}] pixels"),
+            (self.residual_map not in RESIDUAL_MAPS,
+             f"--residual_map must be one of {RESIDUAL_MAPS}"),
+            (not 0.0 <= self.map_sigma <= MAX_MAP_SIGMA,
+             f"--map_sigma must be in [0, {MAX_MAP_SIGMA}] pixels"),
         ])
+
+    def check_map_size(self, height, width):
+        """ValueError unless maps of ``height`` x ``width`` can be smoothed by ``map_sigma``
+        (its radius, 4 sigma, must be smaller than the map)."""
+        radius = int(4.0 * self.map_sigma + 0.5) if self.map_sigma else 0
+        check_fields([(radius >= min(height, width),
+                       (f"--map_sigma {self.map_sigma:g} reaches {radius} pixels, more than "
+                        f"the {height}x{width} maps have: lower it below "
+                        f"{min(height, width) / 4:g}"))])
 
     @property
     def snapshot_steps(self):

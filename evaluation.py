@@ -55,9 +55,10 @@ def residual_map(images, fakes, value_range):
     return np.abs(np.asarray(images) - np.asarray(fakes)) / (high - low)
 
 
-def anomaly_maps(images, fakes, value_range, shift=0):
+def anomaly_maps(images, fakes, value_range, shift=0, kind="l1"):
     """``losses.anomaly_map`` of NumPy batches, as a NumPy array (n, h, w)."""
-    return losses.anomaly_map(np.asarray(images), np.asarray(fakes), value_range, shift).numpy()
+    return losses.anomaly_map(np.asarray(images), np.asarray(fakes), value_range, kind,
+                              shift).numpy()
 
 
 class PixelROC:
@@ -183,8 +184,9 @@ class AnomalyReport:
             masks = self.source.masks[start:start + len(images)]
             known = [m is not None or label == 0 for m, label in zip(masks, labels)]
             if any(known):
-                self.pixels.add(maps[known], np.stack([utils.load_mask(m, self.mask_spec)
-                                                       for m, k in zip(masks, known) if k]))
+                self.pixels.add(maps[known], np.stack([
+                    utils.load_mask(m, self.mask_spec, maps.shape[1:3])
+                    for m, k in zip(masks, known) if k]))
         for offset, score in enumerate(result.score):
             score = float(score) if np.isfinite(score) else -np.inf
             entry = (score, start + offset, images[offset], final[offset], maps[offset])

@@ -19,9 +19,18 @@ from pathlib import Path
 import tensorflow as tf
 
 import utils
-from losses import anomaly_map, critic_score, image_score
+from losses import critic_score
 from networks import variables_by_path
 from runtime import output_lock
+from scoring import (
+    add_tiles,
+    detection_maps,
+    gather_tiles,
+    image_scores,
+    stitched,
+    tile_corners,
+    tile_indices,
+)
 
 ASSET = "detector.json"
 
@@ -59,9 +68,9 @@ def where_rows(mask, new, old):
 class Detector(tf.Module):
     """A trained DCGAN's G, D and E with the pre-processing, score and threshold of one mode."""
 
-    def __init__(self, dcgan, spec, search_config, image_score, threshold):
+    def __init__(self, dcgan, spec, search_config, image_score, threshold, stride=0):
         super().__init__(name="detector")
-        self.dcgan, self.spec = dcgan, spec
+        self.dcgan, self.spec, self.stride = dcgan, spec, stride
         self.search_config, self.image_score = search_config, image_score
         self.weights = [v.value for v in variables_by_path(
             dcgan.generator, dcgan.discriminator, dcgan.encoder).values()]
@@ -78,6 +87,8 @@ class Detector(tf.Module):
             pixels = tf.cond(channels >= 3, lambda: pixels[..., :3],
                              lambda: tf.tile(pixels[..., :1], [1, 1, 1, 3]))
         x = tf.cast(pixels, tf.float32)
+        if spec.scale is not None:
+            return utils.scale_pixels(self.scaled(x, spec.scale), spec.value_range)
         if spec.crop:
             height, width = tf.shape(x)[1], tf.shape(x)[2]
             crop_h, crop_w = spec.input_size
@@ -90,6 +101,17 @@ class Detector(tf.Module):
         x = tf.cond(same, lambda: x, lambda: tf.clip_by_value(tf.round(resized), 0.0, 255.0))
         return utils.scale_pixels(tf.ensure_shape(x, [None, out_h, out_w, cfg.c_dim]),
                                   spec.value_range)
+
+    @staticmethod
+    def scaled(x, scale):
+        """Patch mode: float pixels at ``scale`` of their size (bicubic, rounded to 8 bits as
+        Pillow's), unchanged at scale 1."""
+        if scale == 1.0:
+            return x
+        size = tf.maximum(1, tf.cast(tf.round(tf.cast(tf.shape(x)[1:3], tf.float32) * scale),
+                                     tf.int32))
+        resized = tf.image.resize(x, size, method="bicubic", antialias=True)
+        return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
 
     def _encoded(self, x, labels, steps):
         """Search score, critic score, G(z) and z after ``steps`` search steps from z = E(x)
@@ -121,12 +143,42 @@ class Detector(tf.Module):
     def _detect(self, images, steps):
         """Per image: score, is_anomaly, residual_map, reconstruction (in [0, 1]) and z."""
         x = self.preprocess(images)
-        search_score, critic, fakes, z = self._best_condition(x, steps)
-        maps = anomaly_map(x, fakes, self.dcgan.config.value_range,
-                           self.search_config.residual_shift)
-        score = image_score(self.image_score, search_score, maps, lambda: critic)
+        if self.spec.scale is not None:
+            score, maps, fakes, z = self._tiled(x, steps)
+        else:
+            search_score, critic, fakes, z = self._best_condition(x, steps)
+            maps = detection_maps(x, fakes, self.dcgan.config.value_range, self.search_config)
+            score, maps = image_scores(self.image_score, search_score, maps, lambda: critic,
+                                       self.search_config.map_sigma)
         return {"score": score, "is_anomaly": score > self.threshold, "residual_map": maps,
                 "reconstruction": utils.rescale(fakes, self.dcgan.config.value_range), "z": z}
+
+    def _tiled(self, x, steps):
+        """Patch mode: every tile of every image (``scoring``'s tiling at the stride), scored
+        at once; per image the score, the stitched and smoothed map, the stitched G(z) and the
+        tiles' mean z."""
+        batch, height, width = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
+        patch = self.dcgan.config.output_height
+        tf.debugging.assert_greater_equal(
+            tf.minimum(height, width), patch,
+            message=f"images must be at least the {patch}x{patch} patch")
+        corners = tile_corners(height, width, patch, self.stride)
+        count = tf.shape(corners)[0]
+        indices = tile_indices(tf.repeat(tf.range(batch), count), tf.tile(corners, [batch, 1]),
+                               patch)
+        tiles = tf.ensure_shape(gather_tiles(x, indices), [None, patch, patch, x.shape[-1]])
+        _, critic, fakes, z = self._best_condition(tiles, steps)
+        maps = detection_maps(tiles, fakes, self.dcgan.config.value_range, self.search_config)
+        coverage = add_tiles(tf.zeros(tf.shape(x)[:3]), indices, tf.ones_like(maps))
+        stitched_map = stitched(add_tiles(tf.zeros(tf.shape(x)[:3]), indices, maps), coverage)
+        stitched_fakes = stitched(add_tiles(tf.zeros_like(x), indices, fakes), coverage)
+        per_image = tf.stack([batch, count])
+        score, maps = image_scores(
+            self.image_score, None, stitched_map,
+            lambda: tf.reduce_max(tf.reshape(critic, per_image), axis=1),
+            self.search_config.map_sigma)
+        z = tf.reduce_mean(tf.reshape(z, tf.concat([per_image, [-1]], 0)), axis=1)
+        return score, maps, stitched_fakes, z
 
     def score(self, images):
         """The one-pass score at z = E(x) (``serving_default``)."""
@@ -174,12 +226,13 @@ def remove_stale_temporaries(folder):
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def export_detector(dcgan, spec, search_config, image_score, threshold, info, folder):
+def export_detector(dcgan, spec, search_config, image_score, threshold, info, folder,
+                    stride=0):
     """Writes the detector's SavedModel into ``folder`` (whole: into a temporary folder that
     is then renamed), a new path or an earlier export (``check_target``: ExportError else).
     ``info`` goes into the assets as JSON."""
     folder = Path(os.path.abspath(folder))
-    detector = Detector(dcgan, spec, search_config, image_score, threshold)
+    detector = Detector(dcgan, spec, search_config, image_score, threshold, stride)
     images = tf.TensorSpec([None, None, None, None], tf.uint8, name="images")
     serve = tf.function(detector.score, input_signature=[images])
     search = tf.function(detector.search, input_signature=[

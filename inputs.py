@@ -147,12 +147,15 @@ class ImageSource:
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """How images become model inputs: crop, size and value range."""
+    """How images become model inputs: crop, size and value range; in patch mode (``scale``
+    set) images keep their own resolution times ``scale`` and the model sees ``output_size``
+    patches of them."""
 
     input_size: tuple
     output_size: tuple
     crop: bool = False
     value_range: tuple = (-1.0, 1.0)
+    scale: float | None = None
 
 
 def folder_source(folder, pattern, crop_size=None, check=True):
@@ -272,6 +275,78 @@ def arrays(source, spec, y_dim=0, batch_size=256):
     arrays."""
     batches = list(make_dataset(source, spec, batch_size, y_dim=y_dim))
     return tuple(np.concatenate([batch[i].numpy() for batch in batches]) for i in range(2))
+
+
+class PatchImages:
+    """A folder's images at their own resolution times ``spec.scale``, held as uint8 in one
+    flat buffer, from which ``dataset`` draws random ``spec.output_size`` patches (every patch
+    position of every image equally likely)."""
+
+    def __init__(self, source, spec):
+        self.spec = spec
+        self.channels = source.channels
+        patch_h, patch_w = spec.output_size
+        pixels = [utils.load_scaled_pixels(f, spec.scale, source.channels) for f in source.files]
+        self.sizes = np.array([p.shape[:2] for p in pixels], np.int64)
+        small = [(f, size) for f, size in zip(source.files, self.sizes)
+                 if size[0] < patch_h or size[1] < patch_w]
+        if small:
+            path, (height, width) = small[0]
+            raise utils.DataError(f"{path}: image is {width}x{height} at --image_scale "
+                                  f"{spec.scale:g}, smaller than the {patch_w}x{patch_h} patch "
+                                  f"({len(small)} such images): lower --patch_size or raise "
+                                  "--image_scale")
+        self.buffer = np.concatenate([p.reshape(-1) for p in pixels])
+        areas = self.sizes[:, 0] * self.sizes[:, 1] * self.channels
+        self.offsets = np.concatenate([[0], np.cumsum(areas)[:-1]])
+        positions = (self.sizes[:, 0] - patch_h + 1) * (self.sizes[:, 1] - patch_w + 1)
+        self.position_logits = np.log(positions.astype(np.float64))[None].astype(np.float32)
+
+    @property
+    def pixels(self):
+        """The images' pixel count (at their scale)."""
+        return int((self.sizes[:, 0] * self.sizes[:, 1]).sum())
+
+    def patches_per_epoch(self):
+        """As many patches as cover the images' area once (at least one)."""
+        patch_h, patch_w = self.spec.output_size
+        return max(1, math.ceil(self.pixels / (patch_h * patch_w)))
+
+    def _patch(self, draw):
+        """The patch of the random int64 ``draw``: an image by its positions, then a corner."""
+        patch_h, patch_w = self.spec.output_size
+        buffer, offsets = tf.constant(self.buffer), tf.constant(self.offsets)
+        sizes, logits = tf.constant(self.sizes), tf.constant(self.position_logits)
+        channels = self.channels
+
+        def cut(value):
+            image = tf.random.stateless_categorical(logits, 1, seed=tf.stack([value, 1]))[0, 0]
+            height, width = sizes[image, 0], sizes[image, 1]
+            top = tf.random.stateless_uniform([], tf.stack([value, 2]), 0, height - patch_h + 1,
+                                              dtype=tf.int64)
+            left = tf.random.stateless_uniform([], tf.stack([value, 3]), 0, width - patch_w + 1,
+                                               dtype=tf.int64)
+            start = offsets[image]
+            pixels = tf.reshape(buffer[start:start + height * width * channels],
+                                tf.stack([height, width, channels]))
+            patch = tf.cast(pixels[top:top + patch_h, left:left + patch_w], tf.float32)
+            return (utils.scale_pixels(tf.ensure_shape(patch, (patch_h, patch_w, channels)),
+                                       self.spec.value_range), tf.zeros([0]))
+        return cut(draw)
+
+    def dataset(self, batch_size, seed, fresh=True):
+        """An endless tf.data pipeline of (patches, empty labels) batches; with ``fresh`` each
+        pass over it draws new patches, else the same ones again."""
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=fresh)
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        return (draws.map(self._patch, num_parallel_calls=tf.data.AUTOTUNE)
+                .batch(batch_size, drop_remainder=True).prefetch(1).with_options(options))
+
+    def arrays(self, count, seed):
+        """``count`` patches drawn from ``seed`` and their empty labels, as numpy arrays."""
+        batch = next(iter(self.dataset(count, seed, fresh=False)))
+        return batch[0].numpy(), batch[1].numpy()
 
 
 def split_holdout(source, seed):
@@ -444,28 +519,35 @@ class DataSpec:
     test_size: int | None
     seed: int
     mirrors: tuple = ()
+    patch_size: int = 0
+    patch_stride: int = 0
+    image_scale: float = 1.0
 
     @classmethod
     def from_flags(cls, flags):
         """The data the parsed flags name, with the defaults they leave open: sizes 28 for
         MNIST, else a crop of 108 and an output of 64 (widths: the heights); for an MVTec
         AD-style folder the pattern *.png and its test/, else *.jpg and test_data; masks in
-        ground_truth/ beside the test folder."""
+        ground_truth/ beside the test folder. In patch mode the model's size is the patch's,
+        and the stride half of it."""
         mnist = flags.dataset.lower() == "mnist"
         default_size = 28 if mnist else None
         input_height = flags.input_height or default_size or 108
-        output_height = flags.output_height or default_size or 64
+        output_height = flags.patch_size or flags.output_height or default_size or 64
+        output_width = flags.patch_size or flags.output_width or output_height
         folder = Path(flags.data_dir) / flags.dataset
         mvtec = not mnist and is_mvtec_folder(folder)
         test_dir = flags.test_dir or str(folder / "test" if mvtec else "test_data")
         return cls(dataset=flags.dataset, data_dir=flags.data_dir,
                    pattern=flags.input_fname_pattern or ("*.png" if mvtec else "*.jpg"),
                    input_size=(input_height, flags.input_width or input_height),
-                   output_size=(output_height, flags.output_width or output_height),
+                   output_size=(output_height, output_width),
                    crop=flags.crop, normal_class=flags.normal_class, test_dir=test_dir,
                    mask_dir=flags.mask_dir or str(Path(test_dir).parent / "ground_truth"),
                    result_name=flags.test_result_dir, test_size=flags.test_size,
-                   seed=flags.seed, mirrors=tuple(flags.mirror))
+                   seed=flags.seed, mirrors=tuple(flags.mirror), patch_size=flags.patch_size,
+                   patch_stride=flags.patch_stride or flags.patch_size // 2,
+                   image_scale=flags.image_scale)
 
     @property
     def is_mnist(self):
@@ -486,10 +568,29 @@ class DataSpec:
         """The (h, w) every image must at least have: the crop, with ``crop``."""
         return self.input_size if self.crop else None
 
+    @property
+    def patches(self):
+        """Whether the model works on patches of the images at their own resolution."""
+        return self.patch_size > 0
+
     def image_spec(self, value_range):
         """How these images become inputs of a model working in ``value_range``."""
         return ImageSpec(input_size=self.input_size, output_size=self.output_size,
-                         crop=self.crop, value_range=value_range)
+                         crop=self.crop, value_range=value_range,
+                         scale=self.image_scale if self.patches else None)
+
+    def check_test_sizes(self, source):
+        """DataError naming the first test image smaller than the patch (patch mode)."""
+        if not self.patches or source.files is None:
+            return
+        for path in source.files:
+            height, width = utils.image_size(path, self.image_scale)
+            if min(height, width) < self.patch_size:
+                raise utils.DataError(
+                    f"{path}: test image is {width}x{height} at --image_scale "
+                    f"{self.image_scale:g}, smaller than the {self.patch_size}x"
+                    f"{self.patch_size} patch: score images at least that large, or lower "
+                    "--patch_size")
 
     def mnist_folder(self):
         """<data_dir>/mnist, fetched by download.py's verified fetch when a file is missing."""

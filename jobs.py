@@ -21,17 +21,19 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from tqdm import tqdm
 
 import config
 import evaluation
 import export
 import health
 import inputs
-import losses
 import model
 import runtime
 import samples
+import scoring
 import utils
+from search import SearchResult, batch_starts
 
 
 class UsageError(Exception):
@@ -69,14 +71,31 @@ def check_writable(folder, flag):
 def training_split(job):
     """The training images, split (``DataSpec.training_split``), with the images used per
     epoch (capped by --train_size) and the steps per epoch: (all, trained on, held out, used
-    per epoch, steps per epoch)."""
+    per epoch, steps per epoch). In patch mode the trained-on and held-out images are
+    ``inputs.PatchImages`` (held out: None when there are none) and an epoch is as many
+    patches as cover the trained-on images once."""
     source, train, held_out = job.data.training_split()
+    if job.data.patches:
+        spec = job.data.image_spec(job.model_config.value_range)
+        train = inputs.PatchImages(train, spec)
+        held_out = inputs.PatchImages(held_out, spec) if len(held_out) else None
+        usable = train.patches_per_epoch()
+        return source, train, held_out, usable, math.ceil(usable / job.flags.batch_size)
     usable = int(min(len(train), job.flags.train_size))
     steps_per_epoch = usable // job.flags.batch_size
     if steps_per_epoch == 0:
         raise UsageError(f"{usable} training images are fewer than --batch_size "
                          f"{job.flags.batch_size}: lower --batch_size or add images")
     return source, train, held_out, usable, steps_per_epoch
+
+
+def trained_on(job, usable):
+    """What an epoch trains on, in words: ``usable`` images, or patches in patch mode."""
+    data = job.data
+    if data.patches:
+        return (f"{usable} {data.patch_size}x{data.patch_size} patches an epoch of the images "
+                f"of {data.dataset} at scale {data.image_scale:g}")
+    return f"{usable} images of {data.dataset}"
 
 
 def image_spec(job, dcgan):
@@ -86,11 +105,14 @@ def image_spec(job, dcgan):
 
 def training_dataset(job, dcgan, images, seed=None):
     """Shuffled training batches of ``images`` for ``dcgan`` (the last partial one dropped),
-    shuffled by ``seed`` (default --seed)."""
+    shuffled by ``seed`` (default --seed); random patches, drawn afresh every epoch, of
+    ``inputs.PatchImages``."""
+    seed = job.flags.seed if seed is None else seed
+    if isinstance(images, inputs.PatchImages):
+        return images.dataset(job.flags.batch_size, seed)
     return inputs.make_dataset(images, image_spec(job, dcgan), job.flags.batch_size,
                                y_dim=dcgan.config.y_dim,
-                               shuffle_seed=job.flags.seed if seed is None else seed,
-                               drop_remainder=True)
+                               shuffle_seed=seed, drop_remainder=True)
 
 
 def build_model(job, channels):
@@ -109,7 +131,13 @@ def build_model(job, channels):
 def health_images(job, dcgan, train, held_out):
     """The real images of the health check (``health.RealImages``), or None for fewer than 4
     training images: up to 256 training images as queries, up to 1,000 others as references,
-    and up to 64 held-out images (training images when none are held out)."""
+    and up to 64 held-out images (training images when none are held out). In patch mode
+    they are random patches of the images: 256 queries, 1,000 references and 64 held out."""
+    if isinstance(train, inputs.PatchImages):
+        seed = job.flags.seed
+        held_images, held_labels = (held_out or train).arrays(64, seed + 2)
+        return health.RealImages(train.arrays(256, seed)[0], train.arrays(1000, seed + 1)[0],
+                                 held_images, held_labels, dcgan.config.value_range)
     if len(train) < 4:
         return None
     order = np.random.default_rng(job.flags.seed).permutation(len(train))
@@ -170,8 +198,8 @@ def train_once(job, dcgan, resumed, train_images, held_out, usable, steps_per_ep
                 dcgan.check_health(reals, "gan")
                 dcgan.write_config()
         else:
-            print(f"training on {usable} images of {flags.dataset}, {steps_per_epoch} steps per "
-                  f"epoch, seed {seed}")
+            print(f"training on {trained_on(job, usable)}, {steps_per_epoch} steps per epoch, "
+                  f"seed {seed}")
             dcgan.train(training_dataset(job, dcgan, train_images, seed), steps_per_epoch,
                         flags.batch_size,
                         samples.sample_inputs(dcgan.config, flags.batch_size, seed), seed=seed,
@@ -201,12 +229,10 @@ def train_encoder(job):
             return
         elif dcgan.encoder_steps_done:
             print(f"resuming the encoder from step {dcgan.encoder_steps_done}")
-        print(f"training the encoder on {usable} images of {job.flags.dataset}: {epochs} epochs "
-              f"of {steps_per_epoch} steps")
+        print(f"training the encoder on {trained_on(job, usable)}: {epochs} epochs of "
+              f"{steps_per_epoch} steps")
         reals = health_images(job, dcgan, train_images, held_out)
-        shown = held_out if len(held_out) else train_images
-        sample_images = inputs.arrays(shown.subset(range(min(32, len(shown)))),
-                                      image_spec(job, dcgan), dcgan.config.y_dim)
+        sample_images = reconstruction_samples(job, dcgan, train_images, held_out)
         dcgan.train_encoder(training_dataset(job, dcgan, train_images), steps_per_epoch,
                             job.flags.batch_size, sample_images, reals)
     result = dcgan.health["encoder"]
@@ -214,6 +240,16 @@ def train_encoder(job):
         print("encoder health: " + health.summary_line(result))
     warn(result, "encoder")
     print(f"encoder checkpoint: {dcgan.encoder_checkpoints.latest}")
+
+
+def reconstruction_samples(job, dcgan, train, held_out):
+    """Up to 32 held-out images (training images when none are held out), or patches of
+    them, and their labels: the encoder's x beside G(E(x)) grids."""
+    if isinstance(train, inputs.PatchImages):
+        return (held_out or train).arrays(32, job.flags.seed + 3)
+    shown = held_out if len(held_out) else train
+    return inputs.arrays(shown.subset(range(min(32, len(shown)))), image_spec(job, dcgan),
+                         dcgan.config.y_dim)
 
 
 def saved_channels(job):
@@ -245,38 +281,76 @@ def visualize(job):
 
 
 def score_source(job, dcgan, source, search, report=None):
-    """Runs the latent search ``search`` over ``source``; feeds ``report`` or returns the
-    scores."""
+    """Runs the latent search ``search`` over ``source`` (every tile of each image in patch
+    mode); feeds ``report`` or returns the scores."""
     flags = job.flags
+    if job.data.patches:
+        return score_tiles(job, dcgan, source, search, report)
     dataset = inputs.make_dataset(source, image_spec(job, dcgan), flags.test_batch_size,
                                   y_dim=dcgan.config.y_dim)
     batches = math.ceil(len(source) / flags.test_batch_size)
     scores = []
     for images, result in dcgan.score_batches(dataset, search, batches, flags.seed):
-        maps = evaluation.anomaly_maps(images, result.final, dcgan.config.value_range,
-                                       search.residual_shift)
+        maps = scoring.detection_maps(images, result.final, dcgan.config.value_range, search)
         critic = functools.partial(dcgan.critic_scores, images)
-        result.score = np.asarray(losses.image_score(flags.image_score, result.score, maps,
-                                                     critic))
+        image_scores, maps = scoring.image_scores(flags.image_score, result.score, maps, critic,
+                                                  search.map_sigma)
+        result.score, maps = np.asarray(image_scores), maps.numpy()
         if report is not None:
             report.add(images, result, maps)
         scores.append(result.score)
     return np.concatenate(scores)
 
 
+def score_tiles(job, dcgan, source, search, report=None):
+    """Patch mode's ``score_source``: each image at its own resolution (times --image_scale),
+    tiled at --patch_stride, its tiles searched --test_batch_size at a time and their maps
+    stitched (``scoring.score_tiled_image``); one image in memory at a time."""
+    flags, data = job.flags, job.data
+    spec = image_spec(job, dcgan)
+    scores = []
+    for index in tqdm(range(len(source)), desc="anomaly search", unit="image"):
+        pixels = utils.load_scaled_pixels(source.files[index], data.image_scale, source.channels)
+        image = utils.scale_pixels(pixels[None].astype(np.float32), spec.value_range)
+
+        def search_tiles(tiles, first, index=index):
+            starts = search_starts(index, first, len(tiles), dcgan.config.z_dim, flags.seed,
+                                   search)
+            return dcgan.search(tiles, np.zeros((len(tiles), 0), np.float32), starts, search)
+
+        fields, maps = scoring.score_tiled_image(
+            image, data.patch_size, data.patch_stride, flags.test_batch_size, search_tiles,
+            dcgan.critic_scores, dcgan.config.value_range, search, flags.image_score)
+        result = SearchResult(**{k: np.asarray(v) for k, v in fields.items()
+                                 if k != "snapshots"}, snapshots=fields["snapshots"])
+        if report is not None:
+            report.add(image, result, maps)
+        scores.append(result.score)
+    return np.concatenate(scores) if scores else np.zeros(0, np.float32)
+
+
+def search_starts(image, first, count, z_dim, seed, search):
+    """The starting z of ``count`` tiles of one image from tile ``first`` on, reproducible
+    from (``seed``, image, tile) whatever the batch size."""
+    tile_seed = int(np.random.default_rng([seed, image]).integers(2 ** 31))
+    return batch_starts(range(first, first + count), z_dim, tile_seed, search)
+
+
 def choose_threshold(job, dcgan, search):
     """The threshold and its source: --threshold, else the 95th percentile of the held-out
-    training images' scores under ``search`` (never the test images': their labels are what
-    the threshold is measured on)."""
+    training images' scores under ``search`` (``automatic_threshold``); never the test
+    images': their labels are what the threshold is measured on."""
     if job.flags.threshold != "auto":
         return job.flags.threshold, "manual"
-    return held_out_threshold(job, dcgan, search), "heldout_train_images"
+    return automatic_threshold(job, dcgan, search)
 
 
 THRESHOLDS = "thresholds.json"
 """The automatic thresholds kept in the checkpoint folder, each with what produced it."""
 
 KEPT_THRESHOLDS = 20
+HELD_OUT, TRAINING = "heldout_train_images", "train_images"
+SOURCE_WORDS = {HELD_OUT: "held-out training images", TRAINING: "training images"}
 
 
 def threshold_key(job, dcgan, search):
@@ -297,34 +371,44 @@ def kept_thresholds(dcgan):
         kept = json.loads((dcgan.checkpoint_dir / THRESHOLDS).read_text())["thresholds"]
     except (OSError, ValueError, KeyError, TypeError):
         return []
-    return [entry for entry in kept if isinstance(entry, dict) and "key" in entry]
+    return [entry for entry in kept if isinstance(entry, dict)
+            and {"key", "threshold", "images"} <= entry.keys()
+            and entry.get("source") in SOURCE_WORDS]
 
 
-def held_out_threshold(job, dcgan, search):
-    """The 95th percentile of the held-out training images' scores under ``search``: the
-    kept one when everything that produced it matches, else scored now and kept."""
+def automatic_threshold(job, dcgan, search):
+    """The 95th percentile of the held-out training images' scores under ``search``, and its
+    source: the kept one when everything that produced it matches, else scored now and kept.
+    A folder too small to hold images out (under 20) falls back to the training images
+    themselves, with a warning: their scores are lower than unseen normal images'."""
     key = json.loads(json.dumps(threshold_key(job, dcgan, search)))
     kept = kept_thresholds(dcgan)
     for entry in kept:
         if entry["key"] == key:
-            return entry["threshold"]
-    _, _, held_out = job.data.training_split()
-    if not len(held_out):
-        raise utils.DataError("too few training images to hold out normal ones for the "
-                              "automatic threshold (20 or more are needed): pass --threshold "
-                              "<score>")
-    print(f"scoring {len(held_out)} held-out training images for the threshold")
-    held = score_source(job, dcgan, held_out, search)
-    threshold = float(np.percentile(held[np.isfinite(held)], 95))
+            print(f"threshold {entry['threshold']:.6g}: the 95th percentile of "
+                  f"{entry['images']} {SOURCE_WORDS[entry['source']]}, kept in "
+                  f"{dcgan.checkpoint_dir / THRESHOLDS}")
+            return entry["threshold"], entry["source"]
+    source, _, held_out = job.data.training_split()
+    images, threshold_source = (held_out, HELD_OUT) if len(held_out) else (source, TRAINING)
+    if threshold_source == TRAINING:
+        print(f"warning: {len(source)} training images are too few to hold any out (20 are "
+              "needed): the automatic threshold comes from the images the GAN was trained on, "
+              "and flags more normal images than 5%; add images or pass --threshold",
+              file=sys.stderr)
+    print(f"scoring {len(images)} {SOURCE_WORDS[threshold_source]} for the threshold")
+    scores = score_source(job, dcgan, images, search)
+    threshold = float(np.percentile(scores[np.isfinite(scores)], 95))
     if dcgan.is_chief:
-        entry = {"key": key, "threshold": threshold, "images": len(held_out)}
+        entry = {"key": key, "threshold": threshold, "source": threshold_source,
+                 "images": len(images)}
         try:
             utils.write_json(dcgan.checkpoint_dir / THRESHOLDS,
                              {"thresholds": [*kept, entry][-KEPT_THRESHOLDS:]})
         except OSError as error:
             print(f"warning: the threshold could not be kept in {dcgan.checkpoint_dir} "
                   f"({error.strerror or error}): it will be scored again", file=sys.stderr)
-    return threshold
+    return threshold, threshold_source
 
 
 def check_encoder(dcgan, what="--z_init encoder"):
@@ -361,6 +445,7 @@ def score_and_report(job, dcgan, result_dir):
     """Scores the test images and writes every output into ``result_dir``."""
     flags = job.flags
     source = job.data.test_source(dcgan.config.c_dim)
+    job.data.check_test_sizes(source)
     warn(dcgan.health["gan"], gan=dcgan.config.gan)
     if flags.z_init == "encoder":
         warn(dcgan.health["encoder"], "encoder")
@@ -400,7 +485,8 @@ def scoring_mode(search, image_score):
     return {"z_init": search.z_init, "test_epoch": search.steps, "score": search.score,
             "image_score": image_score, "ano_lambda": search.ano_lambda,
             "encoder_kappa": search.kappa, "dis_loss": search.dis_loss,
-            "residual_shift": search.residual_shift}
+            "residual_shift": search.residual_shift, "residual_map": search.residual_map,
+            "map_sigma": search.map_sigma}
 
 
 def one_pass(search):
@@ -420,11 +506,12 @@ def export_model(job):
             "training_seed": dcgan.training_seed, "gan_steps": dcgan.steps_done,
             "encoder_steps": dcgan.encoder_steps_done, "threshold": threshold,
             "threshold_source": source, "mode": scoring_mode(search, flags.image_score),
-            "input": {"size": spec.input_size, "crop": spec.crop},
+            "input": {"size": spec.input_size, "crop": spec.crop, "scale": spec.scale,
+                      "patch_stride": job.data.patch_stride if job.data.patches else None},
             "output_size": spec.output_size, "value_range": spec.value_range}
     try:
         folder = export.export_detector(dcgan, spec, search, flags.image_score, threshold,
-                                        info, flags.export)
+                                        info, flags.export, job.data.patch_stride)
     except export.ExportError as error:
         raise UsageError(f"--export {flags.export}: {error}") from None
     print(f"exported to {folder}: threshold {threshold:.6g} ({source})")

@@ -3,8 +3,9 @@
 DCGAN's ``discriminator_loss`` and ``generator_loss``; WGAN-GP's ``critic_loss``,
 ``wasserstein_generator_loss`` and ``gradient_penalty``; the search's Adam step
 ``adam_update``; AnoGAN's ``anomaly_score``, f-AnoGAN's ``izif_score`` (also the encoder's
-training loss); per-pixel ``anomaly_map``, the image scores of maps, ``map_score``, and of D
-alone, ``critic_score``.
+training loss); the per-pixel maps (``l1_map``, ``ssim_map``, ``gms_map``, chosen by
+``anomaly_map``; ``smooth_maps``), the image scores of maps, ``map_score``, and of D alone,
+``critic_score``.
 """
 
 import numpy as np
@@ -91,25 +92,90 @@ def izif_score(images, fakes, real_features, fake_features, kappa):
 
 MAP_SCORES = ("top1", "smoothmax")
 IMAGE_SCORES = ("sum", *MAP_SCORES, "critic")
+RESIDUAL_MAPS = ("l1", "ssim", "gms")
+SSIM_WINDOW = 11
+"""The side of SSIM's Gaussian window (sigma 1.5), as Wang et al. and Bergmann et al. use."""
+GMS_SCALES = 4
+GMS_STABILITY = 0.0026
+"""RIAD's constant c of the gradient-magnitude similarity, for images in [0, 1]."""
 
 
-def anomaly_map(images, fakes, value_range, shift=0):
-    """Per pixel |x - G(z)| averaged over channels, in [0, 1]: (n, h, w).
+def unit_images(images, value_range):
+    """Images (numpy or TensorFlow) mapped from ``value_range`` onto [0, 1], as float32."""
+    low, high = value_range
+    return (tf.convert_to_tensor(images, tf.float32) - low) / (high - low)
 
-    ``shift`` > 0 forgives misregistration: each pixel's residual is the smallest over G(z)
+
+def l1_map(images, fakes):
+    """|x - G(z)| averaged over channels, for images in [0, 1]: (n, h, w) in [0, 1]."""
+    return tf.reduce_mean(tf.abs(images - fakes), axis=-1)
+
+
+def ssim_map(images, fakes):
+    """(1 - SSIM) / 2 per pixel, for images in [0, 1] (TensorFlow's SSIM, an 11x11 Gaussian
+    window of sigma 1.5, averaged over channels; the images mirrored by 5 pixels so that the map
+    has their size): (n, h, w) in [0, 1], 0 where the two agree in mean, contrast and
+    structure (Bergmann et al. 2019)."""
+    pad = SSIM_WINDOW // 2
+    padding = [[0, 0], [pad, pad], [pad, pad], [0, 0]]
+    similarity = tf.image.ssim(tf.pad(images, padding, mode="REFLECT"),
+                               tf.pad(fakes, padding, mode="REFLECT"), max_val=1.0,
+                               filter_size=SSIM_WINDOW, filter_sigma=1.5,
+                               return_index_map=True)
+    return tf.clip_by_value((1.0 - similarity) / 2.0, 0.0, 1.0)
+
+
+def prewitt_magnitude(gray):
+    """The Prewitt gradient magnitude (kernels divided by 3, mirrored edges) of (n, h, w, 1)
+    images: (n, h, w, 1)."""
+    row = np.array([[-1.0, 0.0, 1.0]] * 3, np.float32) / 3.0
+    kernels = np.stack([row, row.T], axis=-1)[:, :, None, :]
+    padded = tf.pad(gray, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    gradients = tf.nn.conv2d(padded, kernels, 1, "VALID")
+    return tf.sqrt(tf.reduce_sum(tf.square(gradients), axis=-1, keepdims=True) + 1e-12)
+
+
+def gms_map(images, fakes):
+    """1 - the multi-scale gradient-magnitude similarity, for images in [0, 1] (RIAD, Zavrtanik
+    et al. 2021): GMS = (2 g_x g_y + c) / (g_x^2 + g_y^2 + c) of the Prewitt magnitudes of the
+    gray images at full, 1/2, 1/4 and 1/8 scale (2x2 average pooling, as far as the image
+    allows), each resized back bilinearly, averaged: (n, h, w) in [0, 1)."""
+    size = tf.shape(images)[1:3]
+    x = tf.reduce_mean(images, axis=-1, keepdims=True)
+    y = tf.reduce_mean(fakes, axis=-1, keepdims=True)
+    similarities = []
+    for scale in range(GMS_SCALES):
+        if scale:
+            if min(x.shape[1] or 8, x.shape[2] or 8) < 4:
+                break
+            x, y = (tf.nn.avg_pool2d(v, 2, 2, "VALID") for v in (x, y))
+        gx, gy = prewitt_magnitude(x), prewitt_magnitude(y)
+        similarity = (2 * gx * gy + GMS_STABILITY) / (gx ** 2 + gy ** 2 + GMS_STABILITY)
+        similarities.append(tf.image.resize(similarity, size, method="bilinear"))
+    return tf.clip_by_value(1.0 - tf.reduce_mean(tf.stack(similarities), axis=0)[..., 0],
+                            0.0, 1.0)
+
+
+MAP_FUNCTIONS = {"l1": l1_map, "ssim": ssim_map, "gms": gms_map}
+
+
+def anomaly_map(images, fakes, value_range, kind="l1", shift=0):
+    """The ``--residual_map`` ``kind`` of each image against G(z) (``MAP_FUNCTIONS``):
+    (n, h, w) in [0, 1], 0 where they are equal.
+
+    ``shift`` > 0 forgives misregistration: each pixel's value is the smallest over G(z)
     moved by up to ``shift`` pixels along each axis (G(z) mirrored at its edges).
     """
-    low, high = value_range
-    images = tf.convert_to_tensor(images, tf.float32)
-    fakes = tf.convert_to_tensor(fakes, tf.float32)
+    images, fakes = unit_images(images, value_range), unit_images(fakes, value_range)
+    pixel_map = MAP_FUNCTIONS[kind]
     if shift == 0:
-        return tf.reduce_mean(tf.abs(images - fakes), axis=-1) / (high - low)
+        return pixel_map(images, fakes)
     padded = tf.pad(fakes, [[0, 0], [shift, shift], [shift, shift], [0, 0]], mode="SYMMETRIC")
-    height, width = images.shape[1], images.shape[2]
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
     offsets = range(2 * shift + 1)
-    residuals = [tf.reduce_mean(tf.abs(images - padded[:, dy:dy + height, dx:dx + width]), -1)
-                 for dy in offsets for dx in offsets]
-    return tf.reduce_min(tf.stack(residuals), axis=0) / (high - low)
+    maps = [pixel_map(images, padded[:, dy:dy + height, dx:dx + width])
+            for dy in offsets for dx in offsets]
+    return tf.reduce_min(tf.stack(maps), axis=0)
 
 
 def gaussian_kernel(sigma, truncate=4.0):
@@ -119,26 +185,35 @@ def gaussian_kernel(sigma, truncate=4.0):
     return (taps / taps.sum()).astype(np.float32)
 
 
+def smooth_maps(maps, sigma):
+    """Maps (n, h, w) smoothed by a Gaussian of ``sigma`` pixels (radius 4 sigma, mirrored at
+    the edges as scipy's 'reflect'; the maps must be larger than the radius); unchanged for
+    ``sigma`` 0."""
+    maps = tf.convert_to_tensor(maps, tf.float32)
+    if not sigma:
+        return maps
+    taps = gaussian_kernel(sigma)
+    radius = len(taps) // 2
+    padded = tf.pad(maps[..., None], [[0, 0], [radius, radius], [radius, radius], [0, 0]],
+                    mode="SYMMETRIC")
+    smooth = tf.nn.conv2d(padded, taps.reshape(-1, 1, 1, 1), 1, "VALID")
+    return tf.nn.conv2d(smooth, taps.reshape(1, -1, 1, 1), 1, "VALID")[..., 0]
+
+
 def map_score(maps, kind):
     """Image scores of anomaly maps (n, h, w) that fit small defects.
 
     'top1': the mean of each map's top 1 % pixels; 'smoothmax': the maximum of the map
-    smoothed by a Gaussian of sigma 2 pixels (mirrored at the edges, as scipy's 'reflect').
+    smoothed by a Gaussian of sigma 2 pixels (``smooth_maps``).
     """
     maps = tf.convert_to_tensor(maps, tf.float32)
     if kind == "top1":
-        pixels = maps.shape[1] * maps.shape[2]
-        flat_maps = tf.reshape(maps, (-1, pixels))
-        count = max(1, round(pixels * 0.01))
+        pixels = tf.shape(maps)[1] * tf.shape(maps)[2]
+        flat_maps = tf.reshape(maps, (tf.shape(maps)[0], pixels))
+        count = tf.maximum(1, tf.cast(tf.round(tf.cast(pixels, tf.float32) * 0.01), tf.int32))
         return tf.reduce_mean(tf.math.top_k(flat_maps, count).values, axis=1)
     if kind == "smoothmax":
-        taps = gaussian_kernel(2.0)
-        radius = len(taps) // 2
-        padded = tf.pad(maps[..., None], [[0, 0], [radius, radius], [radius, radius], [0, 0]],
-                        mode="SYMMETRIC")
-        smooth = tf.nn.conv2d(padded, taps.reshape(-1, 1, 1, 1), 1, "VALID")
-        smooth = tf.nn.conv2d(smooth, taps.reshape(1, -1, 1, 1), 1, "VALID")
-        return tf.reduce_max(flat(smooth), axis=1)
+        return tf.reduce_max(flat(smooth_maps(maps, 2.0)), axis=1)
     raise ValueError(f"--image_score {kind!r} is not a map score {MAP_SCORES}")
 
 

@@ -92,6 +92,15 @@ def build_parser():
     data("--normal_class", type=digits_list, default=None,
          help="MNIST digits that are normal, e.g. 0 or 1,7 (one-class training)")
     data("--train_size", type=float, default=math.inf, help="cap on training images per epoch")
+    data("--patch_size", type=int, default=0,
+         help="patch mode: train on random PxP patches of the images at their own resolution "
+              "(an epoch is as many patches as cover the training images' area once) and "
+              "score every patch of a test image, stitching one map at its resolution; the "
+              "model works at P (0: whole images resized to --output_height, the original)")
+    data("--patch_stride", type=int, default=None,
+         help="pixels between the patches a test image is tiled into [patch_size / 2]")
+    data("--image_scale", type=finite_float, default=1.0,
+         help="patch mode: scale the images by this first (0.25 for MVTec AD's 1024x1024)")
     data("--mirror", action="append", default=[], metavar="URL",
          help="MNIST mirror tried before download.py's own when the files are missing")
 
@@ -161,6 +170,13 @@ def build_parser():
          help="pixels of misregistration the residual map forgives: each pixel's |x - G(z)| is "
               "the smallest over G(z) moved by up to this many pixels (pixel metrics, map "
               "scores, figures; textures whose G draws their lines a little off)")
+    test("--residual_map", choices=losses.RESIDUAL_MAPS, default="l1",
+         help="the anomaly map: l1, |x - G(z)| (the original); ssim, 1 - local SSIM (11x11); "
+              "gms, 1 - multi-scale gradient-magnitude similarity (edges and texture); used by "
+              "the pixel metrics, map scores and overview")
+    test("--map_sigma", type=finite_float, default=0.0,
+         help="Gaussian smoothing of the anomaly map in pixels, before the pixel metrics and "
+              "map scores (0: none; 4 is anomalib's)")
     test("--image_score", choices=losses.IMAGE_SCORES, default="sum",
          help="sum: the --score (the original); top1: mean of the top 1%% of the residual map; "
               "smoothmax: maximum of the residual map smoothed with sigma 2 (small defects); "
@@ -219,6 +235,21 @@ def resolve(args):
         (args.generate_test_images < 1, "--generate_test_images must be positive"),
         (args.retries < 0, "--retries must be >= 0"),
         (args.seed < 0, "--seed must be >= 0"),
+        (args.patch_size < 0 or 0 < args.patch_size < 8,
+         "--patch_size must be 0 (whole images) or at least 8 pixels"),
+        (args.patch_stride is not None and not args.patch_size,
+         "--patch_stride needs --patch_size"),
+        (args.patch_size and args.patch_stride is not None
+         and not 1 <= args.patch_stride <= args.patch_size,
+         f"--patch_stride must be in [1, {args.patch_size}] (--patch_size), not "
+         + str(args.patch_stride)),
+        (not 0.0 < args.image_scale <= 1.0, "--image_scale must be in (0, 1]"),
+        (args.image_scale != 1.0 and not args.patch_size, "--image_scale needs --patch_size"),
+        (args.patch_size and data.is_mnist,
+         "--patch_size is for folders of large images, not mnist"),
+        (args.patch_size and args.crop, "--patch_size scores whole images: drop --crop"),
+        (args.patch_size and (args.output_height or args.output_width),
+         "--patch_size sets the model's size: drop --output_height/--output_width"),
         (not is_folder_name(args.test_result_dir),
          f"--test_result_dir must be one folder name (no path), not {args.test_result_dir!r}"),
         (args.test_result_dir.lower() in inputs.NORMAL_FOLDERS,
@@ -232,6 +263,7 @@ def resolve(args):
         job = jobs.Job(args, data, Path(args.checkpoint_dir) / name,
                        model_config(args, data, y_dim),
                        train_config(args, Path(args.log_dir) / name), search_config(args))
+        job.search_config.check_map_size(*data.output_size)
     except ValueError as error:
         raise jobs.UsageError(str(error)) from None
     check_memory(job.model_config, max(args.batch_size, args.test_batch_size))
@@ -254,7 +286,8 @@ def model_config(args, data, y_dim):
     classes = tuple(args.normal_class) if y_dim and args.normal_class else ()
     return config.ModelConfig(*data.output_size, 3, z_dim=args.z_dim, y_dim=y_dim,
                               gf_dim=args.gf_dim, df_dim=args.df_dim, classes=classes,
-                              gan=args.gan)
+                              gan=args.gan, patch_size=data.patch_size,
+                              image_scale=data.image_scale)
 
 
 def train_config(args, log_dir):
@@ -280,7 +313,8 @@ def search_config(args):
         beta1=args.beta1 if args.beta1 is not None else 0.5, ano_lambda=args.ano_lambda,
         dis_loss=args.dis_loss, restarts=args.test_restarts, clip_z=args.test_clip_z,
         z_init=args.z_init, score=args.score, kappa=args.encoder_kappa,
-        residual_shift=args.residual_shift)
+        residual_shift=args.residual_shift, residual_map=args.residual_map,
+        map_sigma=args.map_sigma)
 
 
 def model_dir(args, output_size):

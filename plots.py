@@ -84,20 +84,25 @@ def tsne(z, labels, path, limit=1000, seed=0):
 
 def overview(worst, source, value_range, path, mask_spec=None):
     """Input | G(z) | anomaly map as a heat map for the most anomalous images, worst first;
-    with ``mask_spec``, each ground-truth mask's outline on the heat map."""
-    figure, axes = plt.subplots(len(worst), 3, figsize=(6, 2 * len(worst)), squeeze=False)
+    with ``mask_spec``, a fourth panel with the ground-truth mask, whose outline is also drawn
+    on the heat map."""
+    columns = 3 if mask_spec is None else 4
+    figure, axes = plt.subplots(len(worst), columns, figsize=(2 * columns, 2 * len(worst)),
+                                squeeze=False)
     for row, (score, index, image, fake, anomaly_map) in zip(axes, worst):
         image = utils.rescale(np.asarray(image), value_range)
         fake = utils.rescale(np.asarray(fake), value_range)
-        panels = (image, fake, heat_overlay(image, np.asarray(anomaly_map)[..., None]))
-        for axis, panel, title in zip(row, panels, ("input", "G(z)", "residual")):
-            axis.imshow(np.clip(panel.squeeze(), 0, 1), cmap="gray", vmin=0, vmax=1)
+        anomaly_map = np.asarray(anomaly_map)
+        mask = (utils.load_mask(source.masks[index], mask_spec, anomaly_map.shape)
+                if mask_spec is not None else None)
+        panels = (image, fake, heat_overlay(image, anomaly_map[..., None]), mask)
+        for axis, panel, title in zip(row, panels, ("input", "G(z)", "anomaly map", "mask")):
+            axis.imshow(np.clip(np.asarray(panel, np.float32).squeeze(), 0, 1), cmap="gray",
+                        vmin=0, vmax=1)
             axis.set_xticks([])
             axis.set_yticks([])
             axis.set_title(title, fontsize=8)
-        mask = source.masks[index] if mask_spec is not None else None
-        if mask is not None:
-            row[2].contour(utils.load_mask(mask, mask_spec), levels=[0.5], colors="cyan",
-                           linewidths=0.8)
+        if mask is not None and mask.any():
+            row[2].contour(mask, levels=[0.5], colors="cyan", linewidths=0.8)
         row[0].set_ylabel(f"{source.names[index]}\nscore {score:.4g}", fontsize=7)
     save(figure, path)

@@ -119,20 +119,30 @@ class Loop:
 def run(phase, steps_per_epoch, epochs, strategy, train_config):
     """Trains ``phase`` until ``epochs`` epochs of ``steps_per_epoch`` steps are done.
 
-    Resumes from ``phase.counter``. Samples every ``sample_every`` steps, at every epoch's end
-    and when stopped; saves every ``save_every`` steps, at the end and when stopped (also when
-    an output cannot be written). Returns the loss values of each step of this run.
+    Resumes from ``phase.counter``. Samples every ``sample_every`` steps and when stopped;
+    saves every ``save_every`` steps, at the end and when stopped (also when an output cannot
+    be written). The epoch-end report (a sample grid and the line of mean losses and
+    ``phase.epoch_end``, the health check) is paced by steps: at the end of an epoch once
+    ``sample_every`` steps have passed since the last one, and of the last epoch, so that
+    short epochs (a few large images in patch mode) do not spend their time on it. Returns the
+    loss values of each step of this run.
     """
     loop = Loop(phase, steps_per_epoch, epochs, strategy, train_config)
-    history = []
+    history, unreported = [], []
     epoch = phase.steps_done // steps_per_epoch
+    reported = phase.steps_done
     try:
         with stop_requests() as stop:
             while epoch < epochs:
                 losses = loop.epoch(epoch, stop)
-                loop.sample(epoch)
                 history += losses
-                tqdm.write(epoch_line(phase, epoch, epochs, losses, loop.writer, loop.chief))
+                unreported += losses
+                if (phase.steps_done - reported >= train_config.sample_every
+                        or epoch == epochs - 1):
+                    loop.sample(epoch)
+                    tqdm.write(epoch_line(phase, epoch, epochs, unreported, loop.writer,
+                                          loop.chief))
+                    reported, unreported = phase.steps_done, []
                 epoch += 1
     except KeyboardInterrupt:
         loop.sample(min(epoch, epochs - 1))

@@ -142,23 +142,54 @@ def load_image(path, input_size, output_size, crop, channels, value_range=(-1.0,
     With ``crop`` the centre ``input_size`` (h, w) is cut out before resizing to
     ``output_size``; without it the whole image is resized, as in the original.
     """
+    return scale_pixels(load_pixels(path, input_size, output_size, crop, channels), value_range)
+
+
+def load_pixels(path, input_size, output_size, crop, channels):
+    """``load_image``'s pixels as float32 0..255 (h, w, c)."""
     with Image.open(path) as image:
         image = prepared(eight_bit(image).convert("L" if channels == 1 else "RGB"), path,
                          input_size, output_size, crop, Image.BICUBIC)
-        array = np.asarray(image, dtype=np.float32).reshape(*output_size, channels)
-    return scale_pixels(array, value_range)
+        return np.asarray(image, dtype=np.float32).reshape(*output_size, channels)
 
 
-def load_mask(path, spec):
-    """A ground-truth mask as a boolean (h, w) array at the model's size (defect where the
-    mask is not 0: 0/255 and 0/1 masks alike): cropped as the images are, resized by nearest
-    neighbour; all False for ``path`` None (a normal image)."""
-    if path is None:
-        return np.zeros(spec.output_size, bool)
+def scaled_size(width, height, scale):
+    """An image's (h, w) at ``scale`` of its own resolution (rounded, at least 1 pixel)."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def image_size(path, scale=1.0):
+    """The (h, w) of the image file ``path`` at ``scale``, read from its header."""
     with Image.open(path) as image:
-        mask = prepared(image.convert("L"), path, spec.input_size, spec.output_size, spec.crop,
-                        Image.NEAREST)
-        return np.asarray(mask) > 0
+        return scaled_size(*image.size, scale)
+
+
+def load_scaled_pixels(path, scale, channels):
+    """An image at ``scale`` of its own resolution (bicubic), as uint8 (h, w, c) decoded as
+    ``load_image`` does: the patch mode's images."""
+    with Image.open(path) as image:
+        image = eight_bit(image).convert("L" if channels == 1 else "RGB")
+        size = scaled_size(*image.size, scale)
+        if size != (image.height, image.width):
+            image = image.resize(size[::-1], Image.BICUBIC)
+        return np.asarray(image, dtype=np.uint8).reshape(*size, channels)
+
+
+def load_mask(path, spec, size=None):
+    """A ground-truth mask as a boolean (h, w) array (defect where the mask is not 0: 0/255 and
+    0/1 masks alike), by nearest neighbour: at ``size`` (h, w) when given (the patch mode's
+    test image), else at the model's size, cropped as the images are; all False for ``path``
+    None (a normal image)."""
+    size = tuple(size or spec.output_size)
+    if path is None:
+        return np.zeros(size, bool)
+    with Image.open(path) as image:
+        image = image.convert("L")
+        if spec.scale is None:
+            image = prepared(image, path, spec.input_size, size, spec.crop, Image.NEAREST)
+        elif (image.height, image.width) != size:
+            image = image.resize(size[::-1], Image.NEAREST)
+        return np.asarray(image) > 0
 
 
 def rescale(values, value_range, target=(0.0, 1.0)):

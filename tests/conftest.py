@@ -21,7 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 SHARED_DETECTOR_GROUP = "tiny_detector"
-SLOWEST_GROUPS_FIRST = (SHARED_DETECTOR_GROUP, "test_benchmarks", "test_encoder", "test_train",
+SLOWEST_GROUPS_FIRST = (SHARED_DETECTOR_GROUP, "test_benchmarks", "test_encoder", "test_patches",
+                        "test_train",
                         "test_robustness", "test_anomaly", "test_distribute", "test_cli",
                         "test_health", "test_mvtec")
 """xdist groups in the order they are handed to the workers: longest first (as measured by

@@ -93,9 +93,13 @@ class TrainConfig:
 
     The GAN trains for ``epochs`` epochs but at least ``min_steps`` steps (0: the original's
     epochs alone). ``n_critic`` and ``gp_weight`` are WGAN-GP's: G is updated after every
-    ``n_critic``-th critic update, and ``gp_weight`` weighs the gradient penalty. The encoder
-    trains for ``encoder_epochs`` epochs but at least ``encoder_min_steps`` steps, so that small
-    folders get a converged encoder too.
+    ``n_critic``-th critic update, and ``gp_weight`` weighs the gradient penalty.
+
+    The encoder trains until its residual on held-out normal images stops falling: checked
+    every ``encoder_check_every`` steps, it stops once ``encoder_patience`` checks in a row
+    have not lowered it by 1 %, after at least ``encoder_min_steps`` and at most
+    ``encoder_max_steps`` steps. With ``encoder_patience`` 0 its length is fixed instead:
+    ``encoder_epochs`` epochs, but at least ``encoder_min_steps`` steps.
     """
 
     epochs: int = 25
@@ -113,6 +117,9 @@ class TrainConfig:
     encoder_learning_rate: float = 0.00005
     encoder_kappa: float = 1.0
     encoder_min_steps: int = 250
+    encoder_max_steps: int = 10000
+    encoder_patience: int = 3
+    encoder_check_every: int = 250
 
     def __post_init__(self):
         check_fields([
@@ -120,6 +127,10 @@ class TrainConfig:
             (self.min_steps < 0, "--min_steps must be >= 0"),
             (self.encoder_epochs < 1, "--encoder_epoch must be positive"),
             (self.encoder_min_steps < 0, "--encoder_min_steps must be >= 0"),
+            (self.encoder_max_steps < max(1, self.encoder_min_steps),
+             "--encoder_max_steps must be positive and at least --encoder_min_steps"),
+            (self.encoder_patience < 0, "--encoder_patience must be >= 0"),
+            (self.encoder_check_every < 1, "--encoder_check_every must be positive"),
             (self.n_critic < 1, "--n_critic must be positive"),
             (not self.gp_weight >= 0, "--gp_weight must be >= 0"),
             (not 0.0 <= self.beta2 < 1.0, "--beta2 must be in [0, 1)"),
@@ -135,9 +146,23 @@ class TrainConfig:
         """The GAN's epochs: ``epochs``, or more to reach ``min_steps``."""
         return epochs_with_floor(self.epochs, self.min_steps, steps_per_epoch)
 
-    def encoder_epochs_for(self, steps_per_epoch):
-        """The encoder's epochs: ``encoder_epochs``, or more to reach ``encoder_min_steps``."""
+    def encoder_epochs_for(self, steps_per_epoch, rule=True):
+        """The encoder's most epochs: enough to reach ``encoder_max_steps`` under the stopping
+        rule (``rule`` and a patience); with a fixed length, ``encoder_epochs`` or more to
+        reach ``encoder_min_steps``."""
+        if rule and self.encoder_patience:
+            return math.ceil(self.encoder_max_steps / steps_per_epoch)
         return epochs_with_floor(self.encoder_epochs, self.encoder_min_steps, steps_per_epoch)
+
+    def encoder_plateau(self, measure):
+        """The encoder's stopping rule on ``measure()`` (``training.Plateau``), or None for a
+        fixed length."""
+        from training import Plateau
+
+        if not self.encoder_patience:
+            return None
+        return Plateau(measure, self.encoder_check_every, self.encoder_patience,
+                       self.encoder_min_steps, self.encoder_max_steps)
 
 
 def epochs_with_floor(epochs, min_steps, steps_per_epoch):

@@ -33,7 +33,9 @@ from samples import sample_inputs
 from search import starting_z
 
 ADVICE = "try another --seed or train longer (--epoch, --min_steps)"
-ENCODER_ADVICE = "train the encoder longer (--encoder_min_steps)"
+ENCODER_ADVICE = "train the encoder longer (--encoder_min_steps, --encoder_max_steps)"
+PLATEAU_ADVICE = ("E had stopped improving (its held-out residual stopped falling by step {}), "
+                  "so G is the limit, not E: train the GAN longer (--min_steps, --epoch)")
 GENERATOR_ADVICE = ("G itself regenerates held-out images little better: a short search "
                     "reaches {:.2f} of the mean image's residual; train the GAN longer (--epoch, "
                     "--min_steps) or on more images, a longer encoder training will not help")
@@ -150,8 +152,12 @@ def search_vs_mean(result):
     return result["search_residual"] / max(result["mean_image_residual"], 1e-12)
 
 
-def encoder_advice(result, limits=LIMITS):
-    """What to do about a failed encoder check: train E longer, unless G is the limit."""
+def encoder_advice(result, gan="dcgan", limits=LIMITS):
+    """What to do about a failed encoder check: train E longer, unless G is the limit: E's
+    stopping rule saw its held-out residual stop falling, or a short search does no better."""
+    if result.get("stopped_by") == "plateau":
+        return PLATEAU_ADVICE.format(result["stopped_at"]) + (
+            ", or --gan wgan_gp" if gan == "dcgan" else "")
     ratio = search_vs_mean(result)
     if ratio is not None and ratio > limits.max_encoder_vs_mean:
         return GENERATOR_ADVICE.format(ratio)
@@ -162,7 +168,7 @@ def warning_line(result, what="training", gan="dcgan"):
     """The one warning line of a failed verdict, or None when it passed."""
     if result is None or result["passed"]:
         return None
-    advice = (encoder_advice(result) if what == "encoder"
+    advice = (encoder_advice(result, gan) if what == "encoder"
               else ADVICE + (", or --gan wgan_gp" if gan == "dcgan" else ""))
     return (f"warning: {what} health check failed: " + "; ".join(result["failures"])
             + f": {advice}")
@@ -211,6 +217,25 @@ def check_encoder(model, reals):
     searched = model.search(images, labels, z0, SHORT_SEARCH).final
     return verdict(encoder_measures(reals.unit(images), reals.unit(reconstructions),
                                     reals.unit(searched), reals.unit(reals.references)))
+
+
+def stop_line(stop, patience):
+    """The line saying where and why the encoder's training stopped (``DCGAN.encoder_stop``)."""
+    best = min(value for _, value in stop["checks"]) if stop["checks"] else None
+    if stop["reason"] == "plateau":
+        return (f"encoder stopped at step {stop['step']}: its held-out residual (best "
+                f"{best:.5f}) fell by less than 1% in {patience} checks in a row")
+    return (f"encoder stopped at step {stop['step']}, --encoder_max_steps, its held-out "
+            f"residual still falling (best {best:.5f})" if best is not None else
+            f"encoder stopped at step {stop['step']}, --encoder_max_steps")
+
+
+def held_out_residual(model, reals):
+    """The mean |x - G(E(x))| in [0, 1] of the held-out images of ``reals``: what the
+    encoder's stopping rule watches."""
+    images, labels = reals.held_out, reals.held_out_labels
+    reconstructions = model.generate(model.encode(images, labels).numpy(), labels)
+    return mean_abs(reals.unit(images), reals.unit(reconstructions))
 
 
 def log_health(writer, part, result, step):

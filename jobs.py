@@ -216,29 +216,40 @@ def train_encoder(job):
     if not restored:
         raise UsageError(f"no trained GAN in {dcgan.checkpoint_dir}: train it first (--train "
                          "with the same --dataset and sizes), then --train_encoder")
-    epochs = job.train_config.encoder_epochs_for(steps_per_epoch)
+    cfg = job.train_config
+    reals = health_images(job, dcgan, train_images, held_out)
+    rule = reals is not None and cfg.encoder_patience > 0
+    epochs = cfg.encoder_epochs_for(steps_per_epoch, rule)
     with dcgan.exclusive():
         trained_for = dcgan.encoder_trained_for
+        stopped = (dcgan.encoder_stop is not None
+                   and dcgan.encoder_steps_done >= cfg.encoder_min_steps)
         if trained_for not in (None, dcgan.steps_done):
             print(f"the encoder was trained for G at step {trained_for}; G is now at step "
                   f"{dcgan.steps_done}: training it again")
-        elif dcgan.encoder_steps_done >= epochs * steps_per_epoch:
-            print(f"encoder already trained {dcgan.encoder_steps_done} steps ({epochs} epochs): "
-                  "raise --encoder_epoch or --encoder_min_steps to train more")
-            warn(dcgan.health["encoder"], "encoder")
+        elif stopped or dcgan.encoder_steps_done >= epochs * steps_per_epoch:
+            print(f"encoder already trained {dcgan.encoder_steps_done} steps: raise "
+                  + ("--encoder_min_steps" if rule else "--encoder_epoch or --encoder_min_steps")
+                  + " to train more")
+            warn(dcgan.health["encoder"], "encoder", dcgan.config.gan)
             return
         elif dcgan.encoder_steps_done:
             print(f"resuming the encoder from step {dcgan.encoder_steps_done}")
-        print(f"training the encoder on {trained_on(job, usable)}: {epochs} epochs of "
-              f"{steps_per_epoch} steps")
-        reals = health_images(job, dcgan, train_images, held_out)
+        length = (f"until its held-out residual stops falling (checked every "
+                  f"{cfg.encoder_check_every} steps; {cfg.encoder_min_steps} to "
+                  f"{cfg.encoder_max_steps} steps)" if rule
+                  else f"{epochs} epochs of {steps_per_epoch} steps")
+        print(f"training the encoder on {trained_on(job, usable)}: {length}")
         sample_images = reconstruction_samples(job, dcgan, train_images, held_out)
         dcgan.train_encoder(training_dataset(job, dcgan, train_images), steps_per_epoch,
                             job.flags.batch_size, sample_images, reals)
+    stop = dcgan.encoder_stop
+    if stop is not None:
+        print(health.stop_line(stop, cfg.encoder_patience))
     result = dcgan.health["encoder"]
     if result is not None:
         print("encoder health: " + health.summary_line(result))
-    warn(result, "encoder")
+    warn(result, "encoder", dcgan.config.gan)
     print(f"encoder checkpoint: {dcgan.encoder_checkpoints.latest}")
 
 
@@ -448,7 +459,7 @@ def score_and_report(job, dcgan, result_dir):
     job.data.check_test_sizes(source)
     warn(dcgan.health["gan"], gan=dcgan.config.gan)
     if flags.z_init == "encoder":
-        warn(dcgan.health["encoder"], "encoder")
+        warn(dcgan.health["encoder"], "encoder", dcgan.config.gan)
     threshold, threshold_source = choose_threshold(job, dcgan, job.search_config)
     report = evaluation.AnomalyReport(result_dir, source, dcgan.config.value_range,
                                       mask_spec=image_spec(job, dcgan),

@@ -131,10 +131,18 @@ def build_parser():
     fit("--retries", type=int, default=1,
         help="trainings started again with the next seed when the health check fails at the end")
     fit("--batch_size", type=int, default=64, help="training batch size")
-    fit("--encoder_epoch", type=int, default=config.TrainConfig.encoder_epochs,
-        help="epochs to train the encoder (at least --encoder_min_steps steps)")
     fit("--encoder_min_steps", type=int, default=config.TrainConfig.encoder_min_steps,
         help="fewest encoder training steps, whatever the folder's size")
+    fit("--encoder_max_steps", type=int, default=config.TrainConfig.encoder_max_steps,
+        help="most encoder training steps")
+    fit("--encoder_patience", type=int, default=config.TrainConfig.encoder_patience,
+        help="the encoder stops once this many checks in a row have not lowered its residual "
+             "on held-out normal images by 1%%; 0: a fixed length (--encoder_epoch)")
+    fit("--encoder_check_every", type=int, default=config.TrainConfig.encoder_check_every,
+        help="encoder steps between checks of its held-out residual")
+    fit("--encoder_epoch", type=int, default=config.TrainConfig.encoder_epochs,
+        help="with --encoder_patience 0: epochs to train the encoder (at least "
+             "--encoder_min_steps steps)")
     fit("--encoder_learning_rate", type=finite_float,
         default=config.TrainConfig.encoder_learning_rate, help="Adam learning rate of E")
     fit("--encoder_kappa", type=finite_float, default=1.0,
@@ -301,7 +309,9 @@ def train_config(args, log_dir):
         beta1=args.beta1 if args.beta1 is not None else (0.0 if wgan else 0.5),
         beta2=args.beta2 if args.beta2 is not None else (0.9 if wgan else 0.999),
         n_critic=args.n_critic, gp_weight=args.gp_weight,
-        encoder_min_steps=args.encoder_min_steps, save_every=args.save_every,
+        encoder_min_steps=args.encoder_min_steps, encoder_max_steps=args.encoder_max_steps,
+        encoder_patience=args.encoder_patience,
+        encoder_check_every=args.encoder_check_every, save_every=args.save_every,
         sample_every=args.sample_every, sample_dir=args.sample_dir, log_dir=str(log_dir),
         encoder_epochs=args.encoder_epoch, encoder_learning_rate=args.encoder_learning_rate,
         encoder_kappa=args.encoder_kappa)

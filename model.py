@@ -104,6 +104,7 @@ class DCGAN:
             self.checkpoint_dir / "encoder", self.warnings)
         self.health = {"gan": None, "encoder": None}
         self.training_seed = None
+        self.encoder_stop = None
         self._searches = {}
         self._lock = ReentrantFolderLock(self.checkpoint_dir)
 
@@ -134,6 +135,11 @@ class DCGAN:
         self.training_seed = saved.get("training_seed")
         self.checkpoints.restore_newest()
         self.encoder_checkpoints.restore_newest()
+        encoder = saved.get("encoder") if isinstance(saved.get("encoder"), dict) else {}
+        stop = encoder.get("stop")
+        if (isinstance(stop, dict) and stop.get("step") == self.encoder_steps_done
+                and encoder.get("trained_for_step") == self.encoder_trained_for):
+            self.encoder_stop = stop
         for optimizer, (rate, _, _) in zip((self.d_optim, self.g_optim, self.e_optim),
                                            self._adam_settings()):
             optimizer.learning_rate.assign(rate)  # the configuration's, not the checkpoint's
@@ -200,7 +206,7 @@ class DCGAN:
         and the training health."""
         encoder = None if self.encoder_trained_for is None else {
             "steps": self.encoder_steps_done, "trained_for_step": self.encoder_trained_for,
-            "kappa": self.train_config.encoder_kappa}
+            "kappa": self.train_config.encoder_kappa, "stop": self.encoder_stop}
         utils.write_json(self.config_path, {
             **dataclasses.asdict(self.config), "training_seed": self.training_seed,
             "encoder": encoder, "health": self.health})
@@ -311,8 +317,9 @@ class DCGAN:
                                 self.train_config)
 
     def train_encoder(self, dataset, steps_per_epoch, batch_size, sample_images, reals=None):
-        """Trains E with G and D fixed for ``encoder_epochs_for(steps_per_epoch)`` epochs
-        (izi_f loss).
+        """Trains E with G and D fixed (izi_f loss) until its residual on the held-out images
+        of ``reals`` stops falling (``TrainConfig.encoder_plateau``; ``encoder_stop`` then says
+        at which step and why), or for a fixed length without the rule or without ``reals``.
 
         Starts over (from E's current weights) when E was trained for another G. Grids of
         ``sample_images`` beside G(E(x)) go to the sample folder. With ``reals``, E's health is
@@ -321,20 +328,30 @@ class DCGAN:
         """
         if self.encoder_trained_for not in (None, self.steps_done):
             self.encoder_step.assign(0)
+            self.encoder_stop = None
         self.encoder_gan_step.assign(self.steps_done)
+        plateau = None if reals is None else self.train_config.encoder_plateau(
+            functools.partial(health.held_out_residual, self, reals))
         phase = training.Phase(
             label="encoder ", counter=self.encoder_step,
             step_fn=self._distributed(self._encoder_step, self.encoder_step, batch_size),
             epoch_batches=lambda epoch: dataset, save=self.save_encoder,
             latest=lambda: self.encoder_checkpoints.latest,
             samples=lambda epoch, index, writer: samples.save_reconstructions(
-                self, *sample_images, epoch, index, writer))
+                self, *sample_images, epoch, index, writer), plateau=plateau)
+        epochs = self.train_config.encoder_epochs_for(steps_per_epoch, plateau is not None)
         with self.exclusive():
-            history = training.run(phase, steps_per_epoch,
-                                   self.train_config.encoder_epochs_for(steps_per_epoch),
-                                   self.strategy, self.train_config)
+            history = training.run(phase, steps_per_epoch, epochs, self.strategy,
+                                   self.train_config)
+            if plateau is not None:
+                self.encoder_stop = {"reason": plateau.reason or "ceiling",
+                                     "step": self.encoder_steps_done,
+                                     "checks": plateau.history}
             if reals is not None and self.is_chief:
-                self.check_health(reals, "encoder")
+                result = self.check_health(reals, "encoder")
+                if self.encoder_stop is not None:
+                    result.update(stopped_by=self.encoder_stop["reason"],
+                                  stopped_at=self.encoder_stop["step"])
                 self.write_config()
         return history
 

@@ -13,6 +13,40 @@ from tqdm import tqdm
 from runtime import is_chief, stop_requests
 
 
+@dataclasses.dataclass
+class Plateau:
+    """A stopping rule: ``measure()`` (lower is better) is checked every ``every`` steps; the
+    rule says stop once ``patience`` checks in a row have not lowered the best value by
+    ``min_delta`` (relative), after at least ``floor`` steps, or at ``ceiling`` steps.
+    ``history`` keeps (step, value) of every check and ``reason`` why it stopped."""
+
+    measure: Callable
+    every: int
+    patience: int
+    floor: int
+    ceiling: int
+    min_delta: float = 0.01
+    best: float = math.inf
+    stale: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    reason: str | None = None
+
+    def should_stop(self, step):
+        """Whether to stop after ``step`` steps (measuring when a check is due)."""
+        if step % self.every == 0:
+            value = float(self.measure())
+            self.history.append((step, round(value, 6)))
+            if value < self.best * (1.0 - self.min_delta):
+                self.best, self.stale = value, 0
+            else:
+                self.stale += 1
+            if step >= self.floor and self.stale >= self.patience:
+                self.reason = "plateau"
+        if self.reason is None and step >= self.ceiling:
+            self.reason = "ceiling"
+        return self.reason is not None
+
+
 class TrainingInterrupted(Exception):
     """Training stopped by Ctrl-C or SIGTERM after saving a checkpoint."""
 
@@ -29,7 +63,8 @@ class Phase:
     advancing ``counter``; ``epoch_batches(epoch)`` the dataset of an epoch; ``save()`` writes a
     checkpoint and returns its path, ``latest()`` the newest one (None before the first);
     ``samples(epoch, index, writer)`` writes a sample grid; ``epoch_end(writer)`` adds text to
-    the line printed after each epoch.
+    the line printed after each epoch; ``plateau`` (a ``Plateau``), when given, may end the
+    training before its last epoch.
     """
 
     label: str
@@ -40,6 +75,7 @@ class Phase:
     latest: Callable
     samples: Callable
     epoch_end: Callable = lambda writer: ""
+    plateau: Plateau | None = None
 
     @property
     def steps_done(self):
@@ -113,6 +149,8 @@ class Loop:
                     phase.save()
                 if stop.is_set():
                     raise KeyboardInterrupt
+                if phase.plateau is not None and phase.plateau.should_stop(phase.steps_done):
+                    break
         return losses
 
 
@@ -137,13 +175,16 @@ def run(phase, steps_per_epoch, epochs, strategy, train_config):
                 losses = loop.epoch(epoch, stop)
                 history += losses
                 unreported += losses
+                stopped = phase.plateau is not None and phase.plateau.reason is not None
                 if (phase.steps_done - reported >= train_config.sample_every
-                        or epoch == epochs - 1):
+                        or epoch == epochs - 1 or stopped):
                     loop.sample(epoch)
                     tqdm.write(epoch_line(phase, epoch, epochs, unreported, loop.writer,
                                           loop.chief))
                     reported, unreported = phase.steps_done, []
                 epoch += 1
+                if stopped:
+                    break
     except KeyboardInterrupt:
         loop.sample(min(epoch, epochs - 1))
         path = phase.save()

@@ -231,8 +231,9 @@ def closed_url():
 TINY_FLAGS = ["--input_fname_pattern", "*.png", "--batch_size", "8", "--input_height", "28",
               "--output_height", "28", "--z_dim", "16", "--gf_dim", "8", "--df_dim", "8",
               "--learning_rate", "0.002", "--encoder_learning_rate", "0.002", "--retries", "0",
-              "--no_figures"]
-"""The flags of the session's tiny models (learning rates 10x and 40x the defaults)."""
+              "--no_figures", "--encoder_patience", "0"]
+"""The flags of the shared tiny models (learning rates 10x and 40x the defaults; the encoder
+trained for a fixed length)."""
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import utils
 from config import ModelConfig, SearchConfig
 from search import SearchResult, starting_z
 
-TINY = ["--gf_dim", "8", "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0"]
+TINY = ["--gf_dim", "8", "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0", "--encoder_patience", "0"]
 
 
 @pytest.fixture(scope="module")

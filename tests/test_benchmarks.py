@@ -79,7 +79,8 @@ def test_mvtec_synthetic_prints_image_and_pixel_aucs(tmp_path, capsys):
         "mvtec_synthetic", capsys, "--size", "16", "--train", "16", "--test_good", "4",
         "--test_defects", "2", "--batch_size", "8", "--epochs", "1", "--encoder_epoch", "1",
         "--modes", "b", "--image_scores", "sum,top1", "--work_dir", tmp_path,
-        TINY_MODEL + " --encoder_min_steps 2 --min_steps 4 --retries 0 --no_figures").out)
+        TINY_MODEL + " --encoder_min_steps 2 --encoder_patience 0 --min_steps 4 --retries 0"
+        " --no_figures").out)
     assert figures["test_images"] == 8
     # 16 images less a held-out tenth at batch 8: 1 step per epoch, so --min_steps sets it.
     assert figures["gan_steps"] == 4 and figures["encoder_steps"] == 2
@@ -96,7 +97,7 @@ def test_mnist_one_class_keeps_every_run_per_seed_and_reuses_them(tmp_path, caps
              "--epochs", "1", "--test_size", "20", "--test_epoch", "2", "--batch_size", "8",
              "--modes", "b_izif,a", "--work_dir", str(tmp_path / "work"), "--retries", "0",
              "--encoder_min_steps", "2", "--records", str(tmp_path / "records"),
-             TINY_MODEL + " --no_figures"]
+             TINY_MODEL + " --no_figures --encoder_patience 0"]
     decoder, text, rows = json.JSONDecoder(), run_in_process("mnist_one_class", capsys,
                                                               *flags).out.strip(), []
     while text:

@@ -17,7 +17,7 @@ import main
 from download import idx_md5
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--gf_dim", "8", "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0",
+TINY = ["--gf_dim", "8", "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0", "--encoder_patience", "0",
         "--z_dim", "8", "--batch_size", "8", "--no_figures"]
 
 

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 FLAGS = ["--dataset", "gray", "--input_fname_pattern", "*.png", "--input_height", "28",
          "--output_height", "28", "--batch_size", "8", "--z_dim", "8", "--test_epoch", "3",
          "--test_batch_size", "5", "--gf_dim", "8", "--df_dim", "8", "--retries", "0",
-         "--encoder_min_steps", "0", "--no_figures"]
+         "--encoder_min_steps", "0", "--encoder_patience", "0", "--no_figures"]
 
 
 def run_python(code, cwd, env=None, timeout=600):

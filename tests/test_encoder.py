@@ -44,7 +44,7 @@ def trained(tmp_path_factory):
     write_images(root / "data" / "rings", 40, 28, kind=0)
     flags = ["--dataset", "rings", "--input_fname_pattern", "*.png", "--batch_size", "8",
              "--input_height", "28", "--output_height", "28", "--z_dim", "16",
-             "--gf_dim", "8", "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0",
+             "--gf_dim", "8", "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0", "--encoder_patience", "0",
              "--data_dir", str(root / "data"),
              "--checkpoint_dir", str(root / "checkpoint"), "--sample_dir", str(root / "samples"),
              "--log_dir", str(root / "logs"), "--epoch", "3", "--learning_rate", "0.002",
@@ -117,7 +117,7 @@ def test_a_checkpoint_of_an_early_version_is_refused_in_one_line(workdir, capsys
     write_images(workdir / "data" / "rings", 24, 28, kind=0)
     flags = ["--dataset", "rings", "--input_fname_pattern", "*.png", "--batch_size", "8",
              "--input_height", "28", "--output_height", "28", "--z_dim", "16",
-             "--gf_dim", "8", "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0"]
+             "--gf_dim", "8", "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0", "--encoder_patience", "0"]
     assert run_main(flags, "--epoch", "1", "--train") == 0
     folder = workdir / "checkpoint" / "rings_8_28_28"
     trained = restored(workdir)
@@ -142,9 +142,10 @@ def test_encoder_trains_its_loss_falls_and_it_writes_grids_and_logs(trained):
     dcgan = restored(root)
     assert dcgan.encoder_ready and dcgan.encoder_steps_done == 16
     config = json.loads((root / "checkpoint" / "rings_8_28_28" / "config.json").read_text())
-    assert config["encoder"] == {"steps": 16, "trained_for_step": 12, "kappa": 1.0}
+    assert config["encoder"] == {"steps": 16, "trained_for_step": 12, "kappa": 1.0,
+                                 "stop": None}
     grids = sorted(p.name for p in (root / "samples").glob("encoder_*.png"))
-    assert grids == [f"encoder_{e:02d}_0004.png" for e in range(4)]
+    assert grids == ["encoder_03_0004.png"]  # reports are paced by 100 steps, and the end
     # x beside G(E(x)): pairs of tiles, 4 pairs a row.
     assert Image.open(root / "samples" / grids[-1]).size == (8 * 28, 1 * 28)
     events = [event for path in (root / "logs").rglob("events.out.tfevents.*")
@@ -304,7 +305,7 @@ def test_conditional_features_are_the_fully_connected_layer(tmp_path):
 def test_conditional_mnist_encoder_scores_with_and_without_labels(tmp_path):
     write_mnist(tmp_path / "data" / "mnist", train_per_digit=8, test_per_digit=2)
     flags = ["--dataset", "mnist", "--batch_size", "8", "--z_dim", "8", "--gf_dim", "8",
-             "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0",
+             "--df_dim", "8", "--retries", "0", "--encoder_min_steps", "0", "--encoder_patience", "0",
              "--data_dir", str(tmp_path / "data"),
              "--checkpoint_dir", str(tmp_path / "ckpt"), "--log_dir", str(tmp_path / "logs"),
              "--sample_dir", str(tmp_path / "samples"), "--test_dir", str(tmp_path / "test"),

@@ -137,7 +137,8 @@ def test_export_without_a_fresh_encoder_is_one_line(tiny_detector, tmp_path, cap
     capsys.readouterr()
     assert main.main([*other, "--epoch", "1", "--export", str(tmp_path / "d")]) == 2
     assert "--export: no trained encoder" in error_line(capsys)
-    assert main.main([*other, "--epoch", "1", "--train_encoder", "--encoder_min_steps", "2"]) == 0
+    assert main.main([*other, "--epoch", "1", "--train_encoder", "--encoder_min_steps", "2",
+                      "--encoder_patience", "0"]) == 0
     assert main.main([*other, "--epoch", "2", "--train"]) == 0
     capsys.readouterr()
     assert main.main([*other, "--epoch", "2", "--export", str(tmp_path / "d")]) == 2

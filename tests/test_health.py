@@ -83,8 +83,8 @@ def test_the_encoder_warning_blames_g_when_the_search_fails_too():
     references = np.concatenate([held, 1 - held])  # mean image 0.5 everywhere
     unconverged = health.verdict(health.encoder_measures(held, 1 - held, held + 0.01, references))
     line = health.warning_line(unconverged, "encoder")
-    assert "encoder_vs_mean" in line and line.endswith("train the encoder longer "
-                                                       "(--encoder_min_steps)")
+    assert "encoder_vs_mean" in line and line.endswith(
+        "train the encoder longer (--encoder_min_steps, --encoder_max_steps)")
     searched_badly = 0.5 + (held - 0.5) * 0.1  # near the mean image too
     weak_g = health.verdict(health.encoder_measures(held, searched_badly, searched_badly,
                                                     references))
@@ -129,7 +129,7 @@ def test_wgan_gp_retries_with_the_next_seed_resumes_and_scores(wgan, capsys):
     assert json.loads((rejected / "config.json").read_text())["training_seed"] == 0
     assert "epoch 2/2 done" in out.out and "diversity" in out.out
     assert main.main([*flags, "--epoch", "3", "--retries", "1", "--train", "--train_encoder",
-                      "--encoder_min_steps", "6", "--anomaly_test", "--z_init", "encoder",
+                      "--encoder_min_steps", "6", "--encoder_patience", "0", "--anomaly_test", "--z_init", "encoder",
                       "--test_epoch", "0"]) == 0
     out = capsys.readouterr()
     assert "resuming from step 8" in out.out and "seed 1" in out.out

@@ -21,7 +21,7 @@ from search import SearchResult
 
 FLAGS = ["--dataset", "mvtec/tex", "--output_height", "32", "--batch_size", "8",
          "--z_dim", "16", "--gf_dim", "8", "--df_dim", "8", "--retries", "0",
-         "--encoder_min_steps", "0", "--learning_rate", "0.002"]
+         "--encoder_min_steps", "0", "--encoder_patience", "0", "--learning_rate", "0.002"]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_map_based_image_scores_with_the_encoder(category):
         stem = row["file"].replace("/", "_").rsplit(".", 1)[0]
         image, fake = (np.asarray(Image.open(path), np.float32)[None] / 255.0
                        for path in (test / row["file"], test / "shifted" / f"AD_0_{stem}.png"))
-        expected = map_score(anomaly_map(image, fake, (0.0, 1.0), 2), "top1").numpy()[0]
+        expected = map_score(anomaly_map(image, fake, (0.0, 1.0), shift=2), "top1").numpy()[0]
         assert float(row["anomaly_score"]) == pytest.approx(expected, abs=1 / 255)
         assert float(row["anomaly_score"]) <= plain[row["file"]] + 1e-6
 
@@ -127,7 +127,7 @@ def test_residual_shift_forgives_a_line_drawn_off_but_not_a_defect():
     image, fake = np.zeros((2, 1, 16, 32, 1), np.float32)
     image[0, :, 10], fake[0, :, 12] = 1.0, 1.0  # G draws the line two pixels to the right
     image[0, 5, 25] = 1.0  # a defect G does not draw
-    maps = {shift: anomaly_map(image, fake, (0.0, 1.0), shift).numpy()[0]
+    maps = {shift: anomaly_map(image, fake, (0.0, 1.0), shift=shift).numpy()[0]
             for shift in (0, 1, 2)}
     assert maps[0][:, 10].min() == maps[0][:, 12].min() == 1.0
     assert maps[1][:, 10].min() == 1.0 and maps[1][:, 12].max() == 0.0  # x is 0 beside it
@@ -137,7 +137,7 @@ def test_residual_shift_forgives_a_line_drawn_off_but_not_a_defect():
     padded = np.pad(g, ((0, 0), (3, 3), (3, 3), (0, 0)), mode="symmetric")
     brute = np.min([np.abs(x - padded[:, dy:dy + 9, dx:dx + 11]).mean(-1)
                     for dy in range(7) for dx in range(7)], axis=0) / 2.0
-    np.testing.assert_allclose(anomaly_map(x, g, (-1.0, 1.0), 3).numpy(), brute, rtol=1e-6)
+    np.testing.assert_allclose(anomaly_map(x, g, (-1.0, 1.0), shift=3).numpy(), brute, rtol=1e-6)
 
 
 def test_pixel_roc_matches_sklearn_and_ignores_maps_blind_to_the_defect():

@@ -26,7 +26,7 @@ from training import TrainingDiverged
 REPO = Path(__file__).resolve().parents[1]
 GRAY = ["--dataset", "gray", "--input_fname_pattern", "*.png", "--input_height", "28",
         "--output_height", "28", "--batch_size", "8", "--gf_dim", "8", "--df_dim", "8",
-        "--retries", "0", "--encoder_min_steps", "0"]
+        "--retries", "0", "--encoder_min_steps", "0", "--encoder_patience", "0"]
 
 
 @pytest.mark.parametrize("flags, expected", [

@@ -16,7 +16,7 @@ from config import ModelConfig, TrainConfig
 from networks import Discriminator, Generator
 from samples import sample_inputs
 
-TINY = ["--gf_dim", 8, "--df_dim", 8, "--retries", 0, "--encoder_min_steps", 0]
+TINY = ["--gf_dim", 8, "--df_dim", 8, "--retries", 0, "--encoder_min_steps", 0, "--encoder_patience", 0]
 
 
 def run_main(*argv):

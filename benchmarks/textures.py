@@ -47,11 +47,14 @@ SIZE = 128
 TRAIN_IMAGES, TEST_GOOD, PER_DEFECT = 40, 40, 15
 DEFECTS = ("scratch", "stain", "hole", "foreign", "crack")
 MODES = {  # (the model's flags, the training's, the scoring's)
-    "patch": (["--patch_size", "32", "--gan", "wgan_gp", "--gf_dim", "32", "--df_dim", "32"],
-              ["--min_steps", "6000", "--encoder_min_steps", "1500"],
+    "patch": (["--patch_size", "32", "--gan", "wgan_gp", "--gf_dim", "32", "--df_dim", "32",
+               "--batch_size", "32"],
+              ["--min_steps", "4000", "--encoder_max_steps", "3000"],
               ["--z_init", "encoder", "--test_epoch", "0", "--map_sigma", "2"]),
-    "resize": (["--output_height", "64", "--gan", "wgan_gp", "--gf_dim", "32", "--df_dim", "32"],
-               ["--min_steps", "20000", "--encoder_min_steps", "2500"],
+    "resize": (["--output_height", "64", "--gan", "wgan_gp", "--gf_dim", "32", "--df_dim", "32",
+                "--batch_size", "64"],
+               ["--min_steps", "20000", "--encoder_min_steps", "2500", "--encoder_patience",
+                "0"],
                ["--z_init", "encoder", "--test_epoch", "0", "--residual_shift", "3"]),
 }
 """The declared patch mode, and the texture mode of whole images resized to 64x64."""
@@ -219,7 +222,7 @@ def run_gan_mode(category, work, args):
     model_flags, train_flags, scoring_flags = MODES[args.mode]
     flags = ["--dataset", category.name, "--data_dir", category.parent, "--checkpoint_dir",
              work / "checkpoint", "--sample_dir", work / "samples", "--log_dir", work / "logs",
-             "--seed", args.seed, "--batch_size", 64, *model_flags, *args.extra]
+             "--seed", args.seed, *model_flags, *args.extra]
     figures = {"train_seconds": common.run_main([*flags, *train_flags, "--train",
                                                  "--train_encoder"])}
     for residual_map in args.residual_maps.split(","):
@@ -262,7 +265,8 @@ def main(argv=None):
     else:
         figures = run_gan_mode(category, work / f"{args.mode}_s{args.seed}", args)
     record = {"benchmark": "textures", "category": args.category, "mode": args.mode,
-              "seed": args.seed, "command": " ".join(["python", *sys.argv]),
+              "seed": args.seed,
+              "command": " ".join(["python", "benchmarks/textures.py", *sys.argv[1:]]),
               "commit": git_commit(), "date": datetime.date.today().isoformat(),
               "machine": f"{platform.machine()}, {common.environment()['cpu_count']} cores, "
                          f"{common.environment()['device']}",

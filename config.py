@@ -17,6 +17,9 @@ def check_fields(checks):
 
 
 GANS = ("dcgan", "wgan_gp")
+ADAM_DEFAULTS = {"dcgan": (0.0002, 0.5, 0.999), "wgan_gp": (0.0001, 0.0, 0.9)}
+"""Each GAN's Adam (learning rate, beta1, beta2) for G and D: the original's DCGAN, and
+f-AnoGAN's WGAN-GP."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +95,8 @@ class TrainConfig:
     """Hyper-parameters and output places of one training run (GAN and encoder).
 
     The GAN trains for ``epochs`` epochs but at least ``min_steps`` steps (0: the original's
-    epochs alone). ``n_critic`` and ``gp_weight`` are WGAN-GP's: G is updated after every
+    epochs alone). Adam's learning rate and betas left at None take ``gan``'s
+    (``ADAM_DEFAULTS``). ``n_critic`` and ``gp_weight`` are WGAN-GP's: G is updated after every
     ``n_critic``-th critic update, and ``gp_weight`` weighs the gradient penalty.
 
     The encoder trains until its residual on held-out normal images stops falling: checked
@@ -104,9 +108,10 @@ class TrainConfig:
 
     epochs: int = 25
     min_steps: int = 0
-    learning_rate: float = 0.0002
-    beta1: float = 0.5
-    beta2: float = 0.999
+    gan: str = "dcgan"
+    learning_rate: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
     n_critic: int = 5
     gp_weight: float = 10.0
     save_every: int = 500
@@ -122,6 +127,10 @@ class TrainConfig:
     encoder_check_every: int = 250
 
     def __post_init__(self):
+        check_fields([(self.gan not in GANS, f"--gan must be one of {GANS}")])
+        for name, default in zip(("learning_rate", "beta1", "beta2"), ADAM_DEFAULTS[self.gan]):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
         check_fields([
             (self.epochs < 1, "--epoch must be positive"),
             (self.min_steps < 0, "--min_steps must be >= 0"),

@@ -26,7 +26,6 @@ import utils
 
 SCORE_COLUMNS = ("file", "label", "anomaly_score", "residual_loss", "discrimination_loss",
                  "is_anomaly")
-LABEL_STYLES = {0: ("normal", "tab:blue"), 1: ("anomalous", "tab:red"), -1: ("unlabelled", "gray")}
 
 
 def result_name(name):
@@ -309,7 +308,7 @@ def log_results(log_dir, step, name, scores, labels, metrics, overview_path):
         for key in ("roc_auc", "pr_auc", "f1", "threshold", "n_anomalous", "images_per_second"):
             if metrics.get(key) is not None:
                 tf.summary.scalar(f"{prefix}/{key}", metrics[key])
-        for value, (label_name, _) in LABEL_STYLES.items():
+        for value, label_name in inputs.LABEL_NAMES.items():
             chosen = scores[finite & (labels == value)]
             if len(chosen):
                 tf.summary.histogram(f"{prefix}/scores_{label_name}", chosen)

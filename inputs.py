@@ -365,6 +365,8 @@ def split_holdout(source, seed):
 # Anomaly test sources -------------------------------------------------------------------------
 
 NORMAL_FOLDERS = ("normal", "good")
+LABEL_NAMES = {0: "normal", 1: "anomalous", -1: "unlabelled"}
+"""The test images' labels: 0 normal, 1 anomalous, -1 unknown."""
 
 
 def is_mvtec_folder(folder):

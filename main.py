@@ -299,15 +299,10 @@ def model_config(args, data, y_dim):
 
 
 def train_config(args, log_dir):
-    """The training's configuration; Adam's defaults are the original's, or f-AnoGAN's for
-    WGAN-GP."""
-    wgan = args.gan == "wgan_gp"
+    """The training's configuration; Adam's settings left unset take the GAN's defaults."""
     return config.TrainConfig(
-        epochs=args.epoch, min_steps=args.min_steps,
-        learning_rate=(args.learning_rate if args.learning_rate is not None
-                       else 0.0001 if wgan else 0.0002),
-        beta1=args.beta1 if args.beta1 is not None else (0.0 if wgan else 0.5),
-        beta2=args.beta2 if args.beta2 is not None else (0.9 if wgan else 0.999),
+        epochs=args.epoch, min_steps=args.min_steps, gan=args.gan,
+        learning_rate=args.learning_rate, beta1=args.beta1, beta2=args.beta2,
         n_critic=args.n_critic, gp_weight=args.gp_weight,
         encoder_min_steps=args.encoder_min_steps, encoder_max_steps=args.encoder_max_steps,
         encoder_patience=args.encoder_patience,

@@ -1,5 +1,5 @@
 """The anomaly test's figures (matplotlib, Agg): the score histogram, the ROC curve, the t-SNE
-of the final z and the overview of the worst images (input | G(z) | residual heat map).
+of the final z and the overview of the worst images (input | G(z) | anomaly map | mask).
 
 evaluation.py imports this module only when it draws them, so that nothing else imports
 matplotlib through this project.
@@ -8,11 +8,15 @@ matplotlib through this project.
 import matplotlib
 import numpy as np
 
-import evaluation
 import utils
+from inputs import LABEL_NAMES
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+LABEL_STYLES = {label: (name, colour) for (label, name), colour in
+                zip(LABEL_NAMES.items(), ("tab:blue", "tab:red", "gray"))}
+"""Each label's name and colour in the figures."""
 
 
 def heat_overlay(image, residual):
@@ -36,7 +40,7 @@ def histogram(scores, labels, threshold, path):
     figure, axes = plt.subplots(figsize=(6, 4))
     finite = np.isfinite(scores)
     bins = np.histogram_bin_edges(scores[finite], bins=40) if finite.any() else 10
-    for value, (name, color) in evaluation.LABEL_STYLES.items():
+    for value, (name, color) in LABEL_STYLES.items():
         chosen = scores[(labels == value) & finite]
         if len(chosen):
             axes.hist(chosen, bins=bins, alpha=0.6, color=color, label=f"{name} ({len(chosen)})")
@@ -73,7 +77,7 @@ def tsne(z, labels, path, limit=1000, seed=0):
     embedded = TSNE(2, perplexity=min(30.0, (len(z) - 1) / 3.0), init="pca",
                     random_state=seed).fit_transform(z)
     figure, axes = plt.subplots(figsize=(5, 5))
-    for value, (name, color) in evaluation.LABEL_STYLES.items():
+    for value, (name, color) in LABEL_STYLES.items():
         chosen = labels == value
         if chosen.any():
             axes.scatter(*embedded[chosen].T, s=8, color=color, label=name)

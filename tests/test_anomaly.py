@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from conftest import write_images, write_mnist
 from PIL import Image
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 import evaluation
 import inputs
@@ -76,7 +77,10 @@ def test_labelled_folder_writes_every_output(trained):
                             "threshold_source", "f1", "seconds", "images_per_second",
                             "test_epoch", "ano_lambda"}
     assert metrics["n"] == 9 and metrics["test_epoch"] == 4 and metrics["ano_lambda"] == 0.1
-    assert 0.0 <= metrics["roc_auc"] <= 1.0 and 0.0 <= metrics["pr_auc"] <= 1.0
+    labels = [int(r["label"]) for r in rows]
+    scores = [float(r["anomaly_score"]) for r in rows]
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    assert metrics["pr_auc"] == pytest.approx(average_precision_score(labels, scores), abs=1e-6)
     assert metrics["threshold_source"] == "heldout_train_images"
     kept = json.loads((root / "checkpoint" / "rings_8_28_28" / "thresholds.json").read_text())
     assert [entry["threshold"] for entry in kept["thresholds"]] == [metrics["threshold"]]

@@ -47,8 +47,8 @@ def patch_model(tmp_path_factory):
              str(root / "samples"), "--log_dir", str(root / "logs"), "--test_dir",
              str(root / "test")]
     assert main.main([*flags, "--min_steps", "60", "--epoch", "1", "--encoder_min_steps",
-                      "30", "--learning_rate", "0.002", "--encoder_learning_rate", "0.002",
-                      "--train", "--train_encoder"]) == 0
+                      "30", "--encoder_patience", "0", "--learning_rate", "0.002",
+                      "--encoder_learning_rate", "0.002", "--train", "--train_encoder"]) == 0
     return root, flags
 
 

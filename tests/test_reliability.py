@@ -37,7 +37,7 @@ def digests(folder):
 
 @pytest.fixture
 def trained_copy(tiny_detector, tmp_path):
-    """A private copy of the session's tiny detector (3 epochs, 12 steps; checkpoints at steps
+    """A private copy of the shared tiny detector (3 epochs, 12 steps; checkpoints at steps
     4, 8, 12): its flags now point at the copy."""
     root, flags = tiny_detector
     shutil.copytree(root / "checkpoint", tmp_path / "checkpoint")

@@ -1,0 +1,234 @@
+"""Writes docs/results.md from the JSON records in benchmarks/results/: every table of results.
+
+    python benchmarks/report.py [--results benchmarks/results] [--out docs/results.md]
+    python benchmarks/report.py --check    # exit 1 when docs/results.md is not what it writes
+
+Nothing here is typed by hand: each table is computed from the records (means and spreads
+over seeds, per-digit and per-defect-type figures), and each names the commits, dates and
+machines of the records it was made from.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED_ANOGAN = {"deep_svdd": (.966, .992, .850, .887, .894, .883, .947, .935, .849, .924),
+                    "cheng_2020": (.990, .998, .888, .913, .944, .912, .925, .964, .883, .958)}
+"""Published AnoGAN ROC AUC per MNIST digit: Deep SVDD's table (Ruff et al. 2018) and Cheng et
+al. 2020's."""
+MNIST_TABLES = (
+    ("wgan_gp_e50_E2500", "b_izif", ("Recommended mode: WGAN-GP, 50 epochs, E at least 2,500 "
+     "steps, one pass from E(x), izi_f score")),
+    ("wgan_gp_e50", "b_izif", "The same GAN flags with E's earlier default length (3 epochs)"),
+    ("dcgan_e5", "b_izif", "The original's DCGAN, 5 epochs (the first declared mode)"),
+)
+TEXTURE_SCORES = ("roc_auc", "pixel_roc_auc", "pro_auc")
+CHOOSING_CATEGORY = "gravel"
+
+
+def load(folder):
+    """{file stem: record} of the JSON records in ``folder`` (none when it is missing)."""
+    return {path.stem: json.loads(path.read_text())
+            for path in sorted(Path(folder).glob("*.json"))}
+
+
+def mean_sd(values):
+    """'mean ± sd' of values (the sd over seeds), or the one value."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def provenance(records):
+    """One line naming the commits, dates and machines of ``records``."""
+    commits = sorted({r.get("commit") or "?" for r in records})
+    dates = sorted({r.get("date") or "?" for r in records})
+    machines = sorted({r.get("machine") or "?" for r in records})
+    span = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    return (f"{len(records)} records; commits {', '.join(commits)}; {span}; "
+            f"{'; '.join(machines)}.")
+
+
+def health_passed(record):
+    """Whether every health check a record holds (the GAN's, the encoder's) passed."""
+    checks = [check for check in (record.get("health") or {}).values() if check]
+    return bool(checks) and all(check.get("passed") for check in checks)
+
+
+def mnist_table(records, prefix, mode, title):
+    """The per-digit seed table of one MNIST mode family, or [] without its records."""
+    runs = defaultdict(dict)
+    for stem, record in records.items():
+        head, _, rest = stem.rpartition("_d")
+        if head != prefix or mode not in record:
+            continue
+        digit, seed = (int(part) for part in rest.replace("s", "").split("_"))
+        runs[digit][seed] = record
+    if not runs:
+        return []
+    lines = [f"### {title}", "", ("| digit | seeds | ROC AUC per seed | mean ± sd | health "
+             "passed | Deep SVDD's / Cheng et al.'s AnoGAN |"), "|---|---|---|---|---|---|"]
+    everything = []
+    for digit in sorted(runs):
+        seeds = sorted(runs[digit])
+        values = [runs[digit][s][mode]["roc_auc"] for s in seeds]
+        everything += values
+        passed = sum(health_passed(runs[digit][s]) for s in seeds)
+        lines.append(f"| {digit} | {','.join(map(str, seeds))} | "
+                     + " ".join(f"{v:.3f}" for v in values) + f" | {mean_sd(values)} | "
+                     f"{passed} of {len(seeds)} | {PUBLISHED_ANOGAN['deep_svdd'][digit]:.3f} / "
+                     f"{PUBLISHED_ANOGAN['cheng_2020'][digit]:.3f} |")
+    every = [r for digit in runs.values() for r in digit.values()]
+    lines += ["", f"Mean over all {len(everything)} runs: **{statistics.mean(everything):.3f}** "
+              f"(sd {statistics.stdev(everything):.3f}; lowest {min(everything):.3f}). "
+              + provenance(every), ""]
+    return lines
+
+
+def texture_rows(record, combination):
+    """The figures of one texture record under a map/score combination (or its own)."""
+    figures = record.get(combination, record) if combination else record
+    types = figures.get("per_type_roc_auc") or {}
+    return ([figures.get(key) for key in TEXTURE_SCORES],
+            " ".join(f"{kind} {value:.2f}" for kind, value in sorted(types.items())))
+
+
+def best_on_choosing(records):
+    """The map/score combination with the best mean of image and pixel ROC AUC on the choosing
+    category's seed-0 patch run (no label of brick or grass takes part), or None."""
+    chooser = records.get(f"{CHOOSING_CATEGORY}_patch_s0")
+    if chooser is None:
+        return None
+    combinations = {key: value for key, value in chooser.items()
+                    if isinstance(value, dict) and "pixel_roc_auc" in value}
+    return max(combinations, key=lambda key: (combinations[key]["roc_auc"]
+                                              + combinations[key]["pixel_roc_auc"]) / 2)
+
+
+def cell(value):
+    return "-" if value is None else f"{value:.3f}"
+
+
+def texture_tables(records):
+    """The texture photographs' tables: the choosing category, then each measured one."""
+    if not records:
+        return []
+    chosen = best_on_choosing(records)
+    lines = ["## Texture photographs", "",
+             ("Categories built by `benchmarks/textures.py` from scikit-image's photographs "
+             "(40 training images, 40 good and 75 defective test images of 128x128 in five defect "
+             "kinds). Image ROC AUC, pixel ROC AUC and PRO (up to a false positive rate of 0.3); "
+             "per defect type, image ROC AUC."), ""]
+    if chosen is not None:
+        lines += [(f"The declared map and image score, chosen on {CHOOSING_CATEGORY} (used for "
+                  f"nothing else): **{chosen}** (`--residual_map {chosen.split('_')[0]} "
+                  f"--image_score {chosen.split('_', 1)[1]}`)."), ""]
+    for category in sorted({r["category"] for r in records.values()}):
+        mine = {stem: r for stem, r in records.items() if r["category"] == category}
+        lines += [f"### {category}" + (" (used only to choose)" if category == CHOOSING_CATEGORY
+                                       else ""), "",
+                  ("| mode | seed | image ROC AUC | pixel ROC AUC | PRO | per defect type | "
+                  "GAN / E steps | seconds |"), "|---|---|---|---|---|---|---|---|"]
+        for stem, record in sorted(mine.items()):
+            combinations = ([chosen] if chosen and record["mode"] != "mean"
+                            and category != CHOOSING_CATEGORY else
+                            [k for k, v in record.items() if isinstance(v, dict)
+                             and "pixel_roc_auc" in v] or [None])
+            for combination in combinations:
+                scores, types = texture_rows(record, combination)
+                name = record["mode"] + (f" ({combination})" if combination else "")
+                steps = (f"{record.get('gan_steps')} / {record.get('encoder_steps')}"
+                         if record.get("gan_steps") else "-")
+                lines.append(f"| {name} | {record['seed']} | "
+                             + " | ".join(cell(v) for v in scores)
+                             + f" | {types} | {steps} | {record.get('seconds', '-')} |")
+        lines += ["", provenance(list(mine.values())), ""]
+    return lines
+
+
+def resize_table(records):
+    """The whole-image texture mode on 64x64 brick crops (its declared critic score)."""
+    declared = {stem: r for stem, r in records.items() if stem.endswith("_declared_critic")}
+    if not declared:
+        return []
+    lines = ["## The texture mode before patches: 64x64 brick crops", "",
+             ("WGAN-GP at half width, 20,000 critic steps, E at least 2,500 steps; image score "
+             "`critic`, maps with `--residual_shift 3` (`benchmarks/mvtec_synthetic.py "
+             "--photo brick.png --subtle`)."), "",
+             "| seed | image ROC AUC | pixel ROC AUC | mean-image baseline, image / pixel |",
+             "|---|---|---|---|"]
+    images, pixels = [], []
+    for stem, record in sorted(declared.items()):
+        figures = record["b_shift3_critic"]
+        baseline = record.get("mean_image_baseline") or {}
+        images.append(figures["roc_auc"])
+        pixels.append(figures["pixel_roc_auc"])
+        seed = stem.split("_seed")[1].split("_")[0]
+        lines.append(f"| {seed} | {figures['roc_auc']:.3f} | {figures['pixel_roc_auc']:.3f} | "
+                     f"{cell(baseline.get('roc_auc_top1'))} / "
+                     f"{cell(baseline.get('pixel_roc_auc'))} |")
+    lines += ["", f"Means: image {mean_sd(images)}, pixel {mean_sd(pixels)}. "
+              + provenance(list(declared.values())), ""]
+    return lines
+
+
+def quick_start(records):
+    """The README's quick start, as measured."""
+    if not records:
+        return []
+    lines = ["## Quick start", "", ("| ROC AUC | seconds | encoder steps | health | machine | "
+             "commit | date |"), "|---|---|---|---|---|---|---|"]
+    for _, record in sorted(records.items()):
+        lines.append(f"| {record['roc_auc']:.4f} | {record['seconds']} | "
+                     f"{record.get('encoder_steps')} | "
+                     f"{'passed' if record.get('health_passed') else 'failed'} | "
+                     f"{record['machine']} | {record['commit']} | {record['date']} |")
+    return [*lines, ""]
+
+
+def report(results):
+    """docs/results.md's text from the records under ``results``."""
+    results = Path(results)
+    mnist = {**load(results / "mnist_one_class")}
+    lines = ["# Results", "",
+             ("Written by `python benchmarks/report.py` from the JSON records in "
+             "`benchmarks/results/`; do not edit by hand. How each was measured: "
+             "[benchmarks/README.md](../benchmarks/README.md)."), ""]
+    lines += quick_start(load(results / "quick_start"))
+    lines += ["## One-class MNIST", "",
+              ("ROC AUC of 1,000 stratified MNIST test images per run (the normal digit against "
+              "the nine others), every run counted."), ""]
+    for prefix, mode, title in MNIST_TABLES:
+        lines += mnist_table(mnist, prefix, mode, title)
+    lines += texture_tables(load(results / "textures"))
+    lines += resize_table(load(results / "mvtec_synthetic"))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when --out differs from what this writes")
+    args = parser.parse_args(argv)
+    text = report(args.results)
+    out = Path(args.out)
+    if args.check:
+        if not out.exists() or out.read_text(encoding="utf-8") != text:
+            print(f"{out} is not what benchmarks/report.py writes: run it", file=sys.stderr)
+            return 1
+        return 0
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import errno
 import gzip
+import math
 import os
 import shutil
 import sys
@@ -392,6 +393,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number of at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
@@ -412,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--deadline", type=positive_int, default=3600,
                         help="seconds one file may take from one URL, all tries together, "
                              "before moving on (default: 3600)")
+    parser.add_argument("--min_rate", type=non_negative_float, default=1024,
+                        help="bytes per second under which a URL is given up for the next one, "
+                             "once --stall_seconds have passed (default: 1024; 0: never)")
+    parser.add_argument("--stall_seconds", type=non_negative_float, default=60,
+                        help="seconds over which --min_rate is measured (default: 60)")
     return parser
 
 
@@ -438,7 +455,8 @@ def report_failure(message: str, code: int = 1) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    options = FetchOptions(retries=args.retries, deadline=float(args.deadline))
+    options = FetchOptions(retries=args.retries, deadline=float(args.deadline),
+                           min_rate=args.min_rate, stall_seconds=args.stall_seconds)
     try:
         for name in dict.fromkeys(args.datasets):
             print(f"{name}: ready in {install(name, args, options)}")

@@ -50,7 +50,9 @@ class FetchOptions:
     """How requests are made: tries per source, back-off base and (connect, read) timeouts in
     seconds, the read size (what an interrupted transfer can lose of its last read), the
     seconds one file may take from one source over all its tries (``deadline``; then the next
-    source is tried) and between two 'still waiting' lines (``heartbeat``)."""
+    source is tried) and between two 'still waiting' lines (``heartbeat``). A source that sends
+    fewer than ``min_rate`` bytes a second over ``stall_seconds`` is abandoned at once for the
+    next one (0: never)."""
 
     retries: int = 3
     backoff: float = 1.0
@@ -58,6 +60,8 @@ class FetchOptions:
     chunk_bytes: int = 1 << 16
     deadline: float = 3600.0
     heartbeat: float = 15.0
+    min_rate: float = 1024.0
+    stall_seconds: float = 60.0
     session: requests.Session = field(default_factory=requests.Session)
 
 
@@ -159,6 +163,44 @@ class Heartbeat:
         self.thread.join()
 
 
+class StallWatch:
+    """Watches a transfer's byte count (``heartbeat.received``) and shuts its connection when
+    fewer than ``min_rate`` bytes a second arrived over the last ``window`` seconds; ``stalled``
+    then says so, for the caller to give the source up."""
+
+    def __init__(self, resp: requests.Response, heartbeat: Heartbeat, min_rate: float,
+                 window: float):
+        self.resp, self.heartbeat = resp, heartbeat
+        self.min_rate, self.window = min_rate, window
+        self.stalled = False
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        if min_rate > 0 and window > 0:
+            self.thread.start()
+
+    def _run(self) -> None:
+        samples = [(time.monotonic(), self.heartbeat.received)]
+        while not self.done.wait(min(1.0, self.window / 4)):
+            now, received = time.monotonic(), self.heartbeat.received
+            samples.append((now, received))
+            while len(samples) > 1 and samples[1][0] <= now - self.window:
+                samples.pop(0)
+            start, before = samples[0]
+            if now - start >= self.window and received - before < self.min_rate * self.window:
+                self.stalled = True
+                self.resp.raw.shutdown()
+                return
+
+    def stop(self) -> None:
+        self.done.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def reason(self) -> str:
+        return (f"abandoned: under {self.min_rate:g} bytes/s for {self.window:g} s "
+                f"({self.heartbeat.received} bytes in all)")
+
+
 def raise_for_http_status(resp: requests.Response) -> None:
     """TransientError for statuses worth retrying, SourceError for other HTTP errors."""
     if resp.status_code in RETRY_STATUSES:
@@ -231,11 +273,19 @@ def download_once(url: str, part: Path, options: FetchOptions,
             cutoff = threading.Timer(max(0.0, deadline_at - time.monotonic()), resp.raw.shutdown)
             cutoff.daemon = True
             cutoff.start()
+            watch = StallWatch(resp, heartbeat, options.min_rate, options.stall_seconds)
             try:
                 write_body(resp, part, resume_offset(resp, offset, part), label,
                            options.chunk_bytes, heartbeat)
+            except (requests.RequestException, TransientError, OSError):
+                if watch.stalled:
+                    raise SourceError(watch.reason()) from None
+                raise
             finally:
+                watch.stop()
                 cutoff.cancel()
+            if watch.stalled:
+                raise SourceError(watch.reason())
     finally:
         heartbeat.stop()
 

@@ -10,7 +10,10 @@ import struct
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -476,3 +479,67 @@ def test_mvtec_cli_categories_from_a_local_folder(tmp_path, capsys):
     assert set(download.MVTEC_URLS) == {
         "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
         "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper"}
+
+
+class PacedHandler(BaseHTTPRequestHandler):
+    """Serves server.body at server.rate bytes a second (in small pieces), whatever the path."""
+
+    def do_GET(self):
+        body, rate = self.server.body, self.server.rate
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        piece = max(1, int(rate / 10))
+        try:
+            for start in range(0, len(body), piece):
+                self.wfile.write(body[start:start + piece])
+                self.wfile.flush()
+                time.sleep(piece / rate)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def paced():
+    """A loopback server sending its ``body`` at its ``rate`` bytes a second."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), PacedHandler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def test_a_trickling_source_is_abandoned_for_the_next(tmp_path, paced, server, capsys):
+    body = bytes(range(256)) * 40
+    paced.body, paced.rate = body, 20  # 20 bytes/s: 10 KB would take over 8 minutes
+    server.add("/good/file.bin", body)
+    options = fetching.FetchOptions(**{**FAST, "min_rate": 1024, "stall_seconds": 1.5})
+    trickle = f"http://127.0.0.1:{paced.server_address[1]}/file.bin"
+    started = time.monotonic()
+    dest = fetching.fetch_first([trickle, server.url("/good/file.bin")], tmp_path / "file.bin",
+                                options=options)
+    assert time.monotonic() - started < 30
+    assert dest.read_bytes() == body
+    assert "abandoned: under 1024 bytes/s for 1.5 s" in capsys.readouterr().out
+
+
+def test_a_slow_but_steady_source_completes(tmp_path, paced):
+    body = bytes(range(256)) * 160  # 40 KB at 20 KB/s
+    paced.body, paced.rate = body, 20_000
+    options = fetching.FetchOptions(**{**FAST, "min_rate": 1024, "stall_seconds": 1.0})
+    url = f"http://127.0.0.1:{paced.server_address[1]}/file.bin"
+    assert fetching.fetch(url, tmp_path / "file.bin", options=options).read_bytes() == body
+
+
+def test_download_flags_for_stalls_are_checked(capsys):
+    for flag, value in (("--min_rate", "-1"), ("--stall_seconds", "nan")):
+        with pytest.raises(SystemExit) as stop:
+            download.build_parser().parse_args(["mnist", flag, value])
+        assert stop.value.code == 2
+        assert "must be a finite number >= 0" in capsys.readouterr().err

@@ -3,7 +3,9 @@
 and the command line.
 
     python download.py mnist celebA lsun mvtec [--category NAME[,NAME]] [--mirror URL]
-        [--from PATH]
+        [--from PATH] [--limit N]
+
+LSUN's LMDB records are then written as images into <data_dir>/lsun_<category>/ (lsun.py).
 
 Files are fetched by fetching.py (verified before they are renamed into place) and archives
 unpacked by archives.py (moved in when complete), so an interrupted or failed run never leaves
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import lsun
 from archives import archive_verifier, extract_into, safe_extract, tar_layout_verifier
 from fetching import (
     CHUNK_BYTES,
@@ -330,8 +333,10 @@ def check_lsun_category(category: str, categories_url: str, options: FetchOption
 def download_lsun(data_dir: Path | str, category: str = "bedroom", mirrors: Sequence[str] = (),
                   from_path: Path | str | None = None,
                   categories_url: str = LSUN_CATEGORIES_URL,
-                  options: FetchOptions | None = None) -> Path:
-    """Put the LSUN <category> train and val LMDB folders into <data_dir>/lsun/."""
+                  options: FetchOptions | None = None, limit: int | None = None) -> Path:
+    """Put the LSUN <category> train and val LMDB folders into <data_dir>/lsun/, then the train
+    split's images into <data_dir>/lsun_<category>/ (at most ``limit``; resumed when run
+    again), the folder ``main.py --dataset lsun_<category>`` trains on."""
     options = options or FetchOptions()
     target = Path(data_dir) / "lsun"
     names = [f"{category}_{split}_lmdb.zip" for split in LSUN_SPLITS]
@@ -339,7 +344,24 @@ def download_lsun(data_dir: Path | str, category: str = "bedroom", mirrors: Sequ
         check_lsun_category(category, categories_url, options)
     archives = [Archive(name, tuple(archive_url(m, name) for m in (*mirrors, LSUN_SCENES_URL)))
                 for name in names]
-    return install_archives(target, archives, from_path, options)
+    install_archives(target, archives, from_path, options)
+    return convert_lsun(target / f"{category}_train_lmdb", Path(data_dir) / f"lsun_{category}",
+                        limit)
+
+
+def convert_lsun(source: Path, images: Path, limit: int | None) -> Path:
+    """The LMDB folder ``source`` converted into the image folder ``images``
+    (``lsun.convert_lmdb``), with one line saying what was done."""
+    import lmdb
+
+    try:
+        done = lsun.convert_lmdb(source, images, limit)
+    except lmdb.Error as exc:
+        raise DownloadError(f"{source} is not a readable LMDB database ({exc}): delete "
+                            f"{source.parent} and download again") from None
+    print(f"lsun: {done.images} images in {images} ({done.written} written now, "
+          f"{done.existing} already there, {done.damaged} damaged records skipped)")
+    return images
 
 
 def mvtec_categories(text: str | None) -> list[str]:
@@ -424,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--deadline", type=positive_int, default=3600,
                         help="seconds one file may take from one URL, all tries together, "
                              "before moving on (default: 3600)")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="lsun: stop converting once the image folder holds this many "
+                             "(bedroom alone is 3 million; default: all)")
     parser.add_argument("--min_rate", type=non_negative_float, default=1024,
                         help="bytes per second under which a URL is given up for the next one, "
                              "once --stall_seconds have passed (default: 1024; 0: never)")
@@ -443,7 +468,7 @@ def install(name: str, args: argparse.Namespace, options: FetchOptions) -> Path:
         return download_mvtec(args.data_dir, mvtec_categories(args.category), args.mirror,
                               args.from_path, options=options)
     return download_lsun(args.data_dir, args.category or "bedroom", args.mirror, args.from_path,
-                         options=options)
+                         options=options, limit=args.limit)
 
 
 def report_failure(message: str, code: int = 1) -> int:

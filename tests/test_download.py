@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import io
 import os
+import shutil
 import stat
 import struct
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_scores
 from PIL import Image
 
 import archives
@@ -342,17 +344,61 @@ def test_celeba_from_local_zip(tmp_path):
     assert archive.exists()
 
 
-def test_lsun_category_zips_extracted(tmp_path, server, options):
+def lsun_records(count=5, size=40):
+    """LSUN-like records: JPEG and WebP encodings of small RGB images, and one damaged record
+    (a JPEG cut short) in the middle; {key: bytes}."""
+    rng = np.random.default_rng(0)
+    records = {}
+    for index in range(count):
+        pixels = rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)
+        encoded = io.BytesIO()
+        Image.fromarray(pixels).save(encoded, "WEBP" if index % 2 else "JPEG")
+        records[f"{index:040x}".encode()] = encoded.getvalue()
+    records[f"{count // 2:039x}f".encode()] = records[f"{0:040x}".encode()][:200]
+    return records
+
+
+def write_lmdb(folder, records):
+    """An LMDB database in ``folder`` holding ``records``, as LSUN ships them."""
+    import lmdb
+
+    Path(folder).mkdir(parents=True)
+    environment = lmdb.open(str(folder), map_size=1 << 24)
+    with environment.begin(write=True) as transaction:
+        for key, value in records.items():
+            transaction.put(key, value)
+    environment.close()
+    return folder
+
+
+def zipped_lmdb(tmp_path, name, records):
+    """A zip of an LMDB folder ``name`` holding ``records`` (as LSUN's <name>.zip)."""
+    folder = write_lmdb(tmp_path / "lmdb" / name, records)
+    return make_zip(tmp_path / f"{name}.zip",
+                    [(zipfile.ZipInfo(f"{name}/{path.name}"), path.read_bytes())
+                     for path in sorted(folder.iterdir())])
+
+
+def test_lsun_category_is_downloaded_and_converted_to_images(tmp_path, server, options):
     server.add("/lsun/categories.txt", b"bedroom\nkitchen\n", "text/plain")
+    records = lsun_records()
     for split in download.LSUN_SPLITS:
         name = f"bedroom_{split}_lmdb"
-        body = make_zip(tmp_path / f"{name}.zip", [(zipfile.ZipInfo(f"{name}/data.mdb"), b"db")])
-        server.add(f"/lsun/{name}.zip", body.read_bytes())
-    download.download_lsun(tmp_path / "data", "bedroom", [server.url("/lsun/")],
-                           categories_url=server.url("/lsun/categories.txt"), options=options)
+        server.add(f"/lsun/{name}.zip", zipped_lmdb(tmp_path, name, records).read_bytes())
+    images = download.download_lsun(tmp_path / "data", "bedroom", [server.url("/lsun/")],
+                                    categories_url=server.url("/lsun/categories.txt"),
+                                    options=options)
     target = tmp_path / "data" / "lsun"
-    assert (target / "bedroom_train_lmdb" / "data.mdb").read_bytes() == b"db"
+    assert (target / "bedroom_train_lmdb" / "data.mdb").is_file()
     assert (target / "bedroom_val_lmdb" / "data.mdb").is_file()
+    assert images == tmp_path / "data" / "lsun_bedroom"
+    files = sorted(images.iterdir())
+    assert len(files) == 5 and all(f.suffix == ".jpg" for f in files)
+    for path in files:
+        with Image.open(path) as image:
+            assert image.format == "JPEG" and image.size == (48, 40)
+    jpeg_key = f"{0:040x}"
+    assert (images / f"{jpeg_key}.jpg").read_bytes() == records[jpeg_key.encode()]
 
 
 def test_lsun_unknown_category_refused(tmp_path, server, options):
@@ -543,3 +589,85 @@ def test_download_flags_for_stalls_are_checked(capsys):
             download.build_parser().parse_args(["mnist", flag, value])
         assert stop.value.code == 2
         assert "must be a finite number >= 0" in capsys.readouterr().err
+
+
+def test_lsun_conversion_resumes_counts_damage_and_stops_at_the_limit(tmp_path):
+    import lsun
+
+    source = write_lmdb(tmp_path / "bedroom_train_lmdb", lsun_records(count=7))
+    target = tmp_path / "lsun_bedroom"
+    first = lsun.convert_lmdb(source, target, limit=3)  # an interrupted run, in effect
+    assert (first.written, first.existing) == (3, 0)
+    (target / ".half.jpg.tmp").write_bytes(b"partial")  # what a kill mid-write leaves
+    before = {path.name: path.stat().st_mtime_ns for path in target.iterdir()}
+    rest = lsun.convert_lmdb(source, target)
+    assert (rest.written, rest.existing, rest.damaged) == (4, 3, 1)
+    assert sorted(p.name for p in target.iterdir()) == sorted(
+        f"{index:040x}.jpg" for index in range(7))
+    assert all(target.joinpath(name).stat().st_mtime_ns == stamp
+               for name, stamp in before.items() if name.endswith(".jpg"))
+    again = lsun.convert_lmdb(source, target, limit=2)
+    assert (again.written, again.existing, again.images) == (0, 2, 2)
+
+
+def test_main_trains_and_scores_on_a_converted_lsun_folder(tmp_path):
+    import lsun
+    import main
+
+    source = write_lmdb(tmp_path / "bedroom_train_lmdb", lsun_records(count=24, size=32))
+    assert lsun.convert_lmdb(source, tmp_path / "data" / "lsun_bedroom").images == 24
+    test_dir = tmp_path / "test"
+    test_dir.mkdir()
+    shutil.copy(next((tmp_path / "data" / "lsun_bedroom").glob("*.jpg")), test_dir / "x.jpg")
+    flags = ["--dataset", "lsun_bedroom", "--data_dir", str(tmp_path / "data"),
+             "--input_height", "32", "--output_height", "16", "--batch_size", "8",
+             "--z_dim", "8", "--gf_dim", "8", "--df_dim", "8", "--epoch", "1", "--retries", "0",
+             "--checkpoint_dir", str(tmp_path / "checkpoint"), "--sample_dir",
+             str(tmp_path / "samples"), "--log_dir", str(tmp_path / "logs"), "--no_figures"]
+    assert main.main([*flags, "--train", "--anomaly_test", "--test_dir", str(test_dir),
+                      "--test_epoch", "1"]) == 0
+    assert (test_dir / "test_result" / "scores.csv").is_file()
+
+
+def face_jpeg(rng, anomalous=False):
+    """A 178x218 JPEG laid out as celebA's aligned faces: a bright oval in the middle of a
+    noisy background (a dark bar across it when ``anomalous``)."""
+    yy, xx = np.mgrid[0:218, 0:178]
+    face = ((yy - 120) / 55.0) ** 2 + ((xx - 89) / 42.0) ** 2 < 1
+    pixels = rng.normal(60, 20, (218, 178, 3)) + 140 * face[..., None]
+    if anomalous:
+        pixels[100:115, 40:140] = 10
+    encoded = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(encoded, "JPEG")
+    return encoded.getvalue()
+
+
+def test_celeba_downloads_then_trains_and_scores_on_its_centre_crop(tmp_path, server, options):
+    import main
+
+    rng = np.random.default_rng(0)
+    archive = make_zip(tmp_path / "served.zip", [
+        (zipfile.ZipInfo(f"img_align_celeba/{index:06d}.jpg"), face_jpeg(rng))
+        for index in range(1, 25)])
+    body = archive.read_bytes()
+    server.add(f"/celeba/{download.CELEBA_ZIP}", body)
+    data = tmp_path / "data"
+    download.download_celeba(data, [server.url("/celeba/")], md5=hashlib.md5(body).hexdigest(),
+                             options=options)
+    assert len(list((data / "celebA").rglob("*.jpg"))) == 24
+    for folder, anomalous in (("normal", False), ("anomaly", True)):
+        (tmp_path / "test" / folder).mkdir(parents=True)
+        for index in range(2):
+            (tmp_path / "test" / folder / f"{index}.jpg").write_bytes(face_jpeg(rng, anomalous))
+    flags = ["--dataset", "celebA", "--data_dir", str(data), "--input_height", "108", "--crop",
+             "--output_height", "16", "--batch_size", "8", "--z_dim", "8", "--gf_dim", "8",
+             "--df_dim", "8", "--epoch", "1", "--retries", "0", "--no_figures",
+             "--checkpoint_dir", str(tmp_path / "checkpoint"), "--sample_dir",
+             str(tmp_path / "samples"), "--log_dir", str(tmp_path / "logs")]
+    assert main.main([*flags, "--train"]) == 0
+    assert main.main([*flags, "--anomaly_test", "--test_dir", str(tmp_path / "test"),
+                      "--test_epoch", "1"]) == 0
+    result = tmp_path / "test" / "test_result"
+    assert len(read_scores(result)) == 4
+    with Image.open(result / "AD_0_anomaly_0.png") as fake:
+        assert fake.size == (16, 16)

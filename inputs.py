@@ -639,6 +639,19 @@ class DataSpec:
         folder's (or the one image file's) when it holds any, else of MNIST's test split."""
         return limit_source(self._test_images(channels), self.test_size, self.seed)
 
+    def check_test_folder(self):
+        """DataError, before any work, when there is nothing to score: --test_dir neither an
+        image nor a folder holding images (MNIST's test split stands in for those)."""
+        test_dir = Path(self.test_dir)
+        if test_dir.exists() and not (test_dir.is_dir() or test_dir.is_file()):
+            raise utils.DataError(f"--test_dir {self.test_dir} is neither a folder nor an image")
+        if self.is_mnist or test_dir.is_file():
+            return
+        if not test_dir.is_dir() or not any(
+                path.suffix.lower() in IMAGE_EXTENSIONS for path in test_dir.rglob("*")):
+            raise utils.DataError(f"no test images in {self.test_dir}: put images there "
+                                  "(normal/ and anomaly/ subfolders give labels)")
+
     def _test_images(self, channels):
         test_dir = Path(self.test_dir)
         if test_dir.is_file():

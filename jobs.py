@@ -542,6 +542,8 @@ def run(job):
     flags = job.flags
     if flags.export:
         check_export_target(flags)
+    if flags.anomaly_test:
+        job.data.check_test_folder()
     keras.utils.set_random_seed(flags.seed)
     if flags.train:
         train(job)

@@ -263,9 +263,10 @@ def resolve(args):
         (args.test_result_dir.lower() in inputs.NORMAL_FOLDERS,
          f"--test_result_dir {args.test_result_dir!r} is the name of the normal images' folder"),
     ]
-    for failed, message in checks:
+    for failed, message in [*checks, *width_checks(args), *path_checks(args)]:
         if failed:
             raise jobs.UsageError(message)
+    check_devices(args)
     name = model_dir(args, data.output_size)
     try:
         job = jobs.Job(args, data, Path(args.checkpoint_dir) / name,
@@ -274,8 +275,58 @@ def resolve(args):
         job.search_config.check_map_size(*data.output_size)
     except ValueError as error:
         raise jobs.UsageError(str(error)) from None
-    check_memory(job.model_config, max(args.batch_size, args.test_batch_size))
+    check_memory(job.model_config, max(args.batch_size, args.test_batch_size * args.test_restarts,
+                                       args.generate_test_images))
     return job
+
+
+INT32_MAX = 2 ** 31 - 1
+SEED_MAX = 2 ** 32 - 1  # numpy's seeds
+
+
+def width_checks(args):
+    """(failed, message) for integer flags past what the code's counters hold: seeds past
+    numpy's 32 bits, every other count past TensorFlow's int32 loop counters."""
+    for name, value in sorted(vars(args).items()):
+        if isinstance(value, bool) or not isinstance(value, int):
+            continue
+        limit = SEED_MAX if name == "seed" else INT32_MAX
+        yield value > limit, f"--{name} {value} is too large: at most {limit}"
+
+
+def path_checks(args):
+    """(failed, message) for path flags that name the wrong kind of thing."""
+    writes = args.train or args.train_encoder
+    for flag, value in (("--checkpoint_dir", args.checkpoint_dir), ("--log_dir", args.log_dir),
+                        ("--sample_dir", args.sample_dir), ("--data_dir", args.data_dir)):
+        yield (Path(value).exists() and not Path(value).is_dir(),
+               f"{flag} {value} is a file, not a folder")
+    yield (args.mask_dir is not None and Path(args.mask_dir).exists()
+           and not Path(args.mask_dir).is_dir(), f"--mask_dir {args.mask_dir} is not a folder")
+    yield (not args.dataset.strip() or args.dataset.strip() in (".", ".."),
+           f"--dataset must name mnist or a folder under --data_dir, not {args.dataset!r}")
+    yield (args.input_fname_pattern is not None and not args.input_fname_pattern.strip(),
+           "--input_fname_pattern must be a file pattern such as '*.png'")
+    if writes:
+        for flag, value in (("--checkpoint_dir", args.checkpoint_dir),
+                            ("--log_dir", args.log_dir), ("--sample_dir", args.sample_dir)):
+            try:
+                jobs.check_writable(value, flag)
+            except jobs.UsageError as error:
+                yield True, str(error)
+
+
+def check_devices(args):
+    """UsageError for --devices without --strategy mirrored, or naming devices this machine
+    does not have."""
+    if args.devices is None:
+        return
+    if args.strategy != "mirrored":
+        raise jobs.UsageError("--devices needs --strategy mirrored")
+    unknown, known = runtime.unknown_devices(args.devices)
+    if unknown:
+        raise jobs.UsageError(f"--devices {','.join(unknown)}: no such device here; this "
+                              f"machine has {', '.join(known)}")
 
 
 def check_memory(shapes, batch_size):

@@ -98,6 +98,29 @@ def make_strategy(name="default", devices=None):
     return tf.distribute.get_strategy()
 
 
+def unknown_devices(devices):
+    """The names in the comma list ``devices`` that name no device of this machine, with the
+    names it has: ([unknown], [known])."""
+    import tensorflow as tf
+
+    known = [device.name for device in tf.config.list_logical_devices()]
+    canonical = {}
+    for name in known:
+        spec = tf.DeviceSpec.from_string(name)
+        canonical[(spec.device_type.lower(), spec.device_index)] = name
+    unknown = []
+    for name in devices.split(","):
+        try:
+            spec = tf.DeviceSpec.from_string(name.strip())
+        except ValueError:
+            unknown.append(name)
+            continue
+        key = ((spec.device_type or "").lower(), spec.device_index or 0)
+        if key not in canonical:
+            unknown.append(name)
+    return unknown, known
+
+
 def is_chief(strategy):
     """False only for the non-chief workers of a multi-worker strategy."""
     resolver = strategy.cluster_resolver

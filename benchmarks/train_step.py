@@ -1,4 +1,4 @@
-"""Training throughput (images/s) of the compiled DCGAN step, against the matmul roofline.
+"""Training throughput (images/s) of the compiled DCGAN or WGAN-GP step, against the roofline.
 
     python benchmarks/train_step.py [--height 28 --channels 1 --batch 64 --steps 5]
 
@@ -18,6 +18,15 @@ gradient it needs: of the layer's input, of its weights, or both.
   and G's input gradients except the first layer's, as z needs none (G - G0).
 
 Total: 7G + 10D - 2 D0 - 2 G0.
+
+With ``--gan wgan_gp`` a step is one critic update, and G is updated after every ``n_critic``
+(5) of them, so per image and step (an estimate: the gradient penalty's second-order backward
+pass counted as twice the first-order graph it differentiates):
+- critic update: G forward; D forward on real and fake (2D), their weight gradients (2D) and
+  input gradients but the first layer's (2(D - D0)); D forward on the interpolates and its input
+  gradient (2D); the penalty's weight gradients through that (4D): G + 12D - 2 D0;
+- G update: G + D forward, D's input gradients (D), G's weight and input gradients (2G - G0):
+  3G + 2D - G0, divided by ``n_critic``.
 """
 
 import tempfile
@@ -28,11 +37,14 @@ import numpy as np
 import tensorflow as tf
 
 import model
-from config import ModelConfig
+from config import GANS, ModelConfig, TrainConfig
 
 
 def parse_args(argv=None):
     parser = common.shape_parser(__doc__.splitlines()[0], steps=5, threads=True)
+    parser.add_argument("--gan", choices=GANS, default="dcgan")
+    parser.add_argument("--gf_dim", type=int, default=64)
+    parser.add_argument("--df_dim", type=int, default=64)
     return parser.parse_args(argv)
 
 
@@ -41,6 +53,9 @@ def train_flops(dcgan):
     g_layers = common.model_flops(dcgan.generator)
     d_layers = common.model_flops(dcgan.discriminator)
     g, d = sum(g_layers), sum(d_layers)
+    if dcgan.config.gan == "wgan_gp":
+        critic = g + 12 * d - 2 * d_layers[0]
+        return critic + (3 * g + 2 * d - g_layers[0]) / dcgan.train_config.n_critic
     return 7 * g + 10 * d - 2 * d_layers[0] - 2 * g_layers[0]
 
 
@@ -50,7 +65,9 @@ def main(argv=None):
     width = args.width or args.height
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory() as checkpoint_dir:
-        dcgan = model.DCGAN(ModelConfig(args.height, width, args.channels), checkpoint_dir)
+        dcgan = model.DCGAN(ModelConfig(args.height, width, args.channels, gf_dim=args.gf_dim,
+                                        df_dim=args.df_dim, gan=args.gan), checkpoint_dir,
+                            TrainConfig(gan=args.gan))
     images = tf.constant(rng.uniform(-1, 1, (args.batch, args.height, width, args.channels)),
                          tf.float32)
     labels = tf.zeros((args.batch, 0))
@@ -68,6 +85,7 @@ def main(argv=None):
     images_per_s = args.batch * args.steps / seconds
     matmul_mean = sum(matmul) / len(matmul)
     common.print_json({
+        "gan": args.gan, "gf_dim": args.gf_dim, "df_dim": args.df_dim,
         "height": args.height, "width": width, "channels": args.channels, "batch": args.batch,
         "steps": args.steps, "images_per_s": round(images_per_s, 2),
         "steps_per_s": round(args.steps / seconds, 3),

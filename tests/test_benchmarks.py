@@ -38,9 +38,11 @@ def test_latent_search_prints_speedup_and_roofline():
     assert isinstance(figures["onednn"], bool)
 
 
-def test_train_step_prints_images_per_second_and_roofline():
-    figures = run_benchmark("train_step.py", *TINY, "--steps", "1", "--matmul_seconds", "0.2")
-    assert figures["images_per_s"] > 0
+@pytest.mark.parametrize("gan", ["dcgan", "wgan_gp"])
+def test_train_step_prints_images_per_second_and_roofline(gan):
+    figures = run_benchmark("train_step.py", *TINY, "--steps", "1", "--matmul_seconds", "0.2",
+                            "--gan", gan, "--gf_dim", "8", "--df_dim", "8")
+    assert figures["images_per_s"] > 0 and figures["gan"] == gan
     assert 0 < figures["roofline_ratio"] == pytest.approx(
         figures["gflops"] / figures["matmul_gflops"], abs=0.01)
 

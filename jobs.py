@@ -440,10 +440,11 @@ def anomaly_test(job):
         check_encoder(dcgan)
     check_writable(job.train_config.log_dir, "--log_dir")
     result_dir = job.data.result_folder()
-    if (result_dir.is_dir() and not inputs.is_result_folder(result_dir)
-            and any(p.suffix.lower() in inputs.IMAGE_EXTENSIONS for p in result_dir.rglob("*"))):
+    if result_dir.exists() and not (result_dir.is_dir() and (
+            inputs.is_result_folder(result_dir) or not any(result_dir.iterdir()))):
         raise UsageError(f"--test_result_dir {job.flags.test_result_dir}: {result_dir} holds "
-                         "test images, not results: choose another name")
+                         "files that are not an anomaly test's results (they would be "
+                         "replaced): choose another name; nothing was touched")
     if dcgan.is_chief:
         with runtime.output_lock(result_dir, "anomaly test"):
             score_and_report(job, dcgan, result_dir)

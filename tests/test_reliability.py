@@ -129,11 +129,15 @@ def labelled(root):
 
 @pytest.mark.parametrize(("name", "message"), [
     ("", "must be one folder name"), ("../../escape", "must be one folder name"),
-    ("normal", "the name of the normal images' folder"), ("anomaly", "holds test images")])
+    ("normal", "the name of the normal images' folder"),
+    ("anomaly", "holds files that are not an anomaly test's results"),
+    ("notes", "holds files that are not an anomaly test's results")])
 def test_result_folders_that_would_corrupt_the_evaluation_are_refused(tiny_detector, tmp_path,
                                                                      capsys, name, message):
     _, flags = tiny_detector
     test_dir = labelled(tmp_path)
+    (test_dir / "notes").mkdir()
+    (test_dir / "notes" / "mine.txt").write_text("a user's notes, not images")
     before = digests(tmp_path)
     assert main.main([*flags, "--anomaly_test", "--test_dir", str(test_dir),
                       f"--test_result_dir={name}"]) == 2

@@ -1,5 +1,6 @@
 """Shared fixtures: small generated image folders and MNIST-format idx files."""
 
+import contextlib
 import csv
 import gzip
 import importlib
@@ -209,15 +210,23 @@ class FileServer(ThreadingHTTPServer):
         return [rng for requested, rng in self.requests if requested == path and rng]
 
 
-@pytest.fixture
-def server():
-    httpd = FileServer()
+@contextlib.contextmanager
+def serving(httpd):
+    """``httpd`` serving on a thread of its own while within; shut down and closed after."""
     thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
     thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def server():
+    with serving(FileServer()) as httpd:
+        yield httpd
 
 
 @pytest.fixture

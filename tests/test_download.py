@@ -11,7 +11,6 @@ import struct
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_scores
+from conftest import read_scores, serving
 from PIL import Image
 
 import archives
@@ -553,12 +552,8 @@ def paced():
     """A loopback server sending its ``body`` at its ``rate`` bytes a second."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), PacedHandler)
     httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with serving(httpd):
+        yield httpd
 
 
 def test_a_trickling_source_is_abandoned_for_the_next(tmp_path, paced, server, capsys):

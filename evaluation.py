@@ -2,7 +2,8 @@
 
 What it owns: ``AnomalyReport`` (per-image AD_/AD_error_ PNGs written in the background,
 scores.csv, metrics.json and the plots, in a staging folder published whole), the residual maps,
-the metrics (ROC and PR AUC, F1, the pixel-level ``PixelROC``, the per-defect-type AUC) and the
+the metrics (ROC and PR AUC, F1, the pixel-level ``PixelROC`` and ``RegionOverlap`` (PRO), the
+per-defect-type AUC) and the
 results in TensorBoard (``log_results``). The figures are drawn by plots.py, imported only when
 they are.
 """
@@ -89,6 +90,46 @@ class PixelROC:
                      / (float(defective) * float(normal)))
 
 
+class RegionOverlap:
+    """MVTec AD's per-region overlap (PRO, Bergmann et al. 2021), streamed in flat memory per
+    defect region: the mean over every connected defect region of the share of its pixels
+    above a threshold, against the false positive rate of normal pixels, integrated up to a
+    false positive rate of ``limit`` and divided by it. Map values are counted into ``bins``
+    equal bins of [0, 1], as ``PixelROC``'s; thresholds are the bins' edges."""
+
+    def __init__(self, bins=4096, limit=0.3):
+        self.bins, self.limit = bins, limit
+        self.normal = np.zeros(bins, np.int64)
+        self.regions = []
+
+    def add(self, maps, masks):
+        """Counts the pixels of ``maps`` (n, h, w) in [0, 1]: normal ones, and each connected
+        region of the masks (n, h, w) bool on its own."""
+        from scipy import ndimage
+
+        index = np.clip((np.asarray(maps) * self.bins).astype(np.int64), 0, self.bins - 1)
+        for image_index, mask in zip(index, np.asarray(masks, bool)):
+            self.normal += np.bincount(image_index[~mask], minlength=self.bins)
+            labelled, count = ndimage.label(mask)
+            for label in range(1, count + 1):
+                counts = np.bincount(image_index[labelled == label], minlength=self.bins)
+                self.regions.append(counts / counts.sum())
+
+    def auc(self):
+        """The normalised area under the PRO curve up to ``limit``, or None without both
+        defect regions and normal pixels."""
+        if not self.regions or not self.normal.sum():
+            return None
+        above = np.cumsum(self.normal[::-1])[::-1] / self.normal.sum()  # FPR at each bin edge
+        overlap = np.mean([np.cumsum(r[::-1])[::-1] for r in self.regions], axis=0)
+        fpr, pro = np.append(above[::-1], 1.0), np.append(overlap[::-1], 1.0)
+        inside = fpr <= self.limit
+        cut_pro = np.interp(self.limit, fpr, pro)
+        xs = np.append(np.concatenate([[0.0], fpr[inside]]), self.limit)
+        ys = np.append(np.concatenate([[0.0], pro[inside]]), cut_pro)
+        return float(np.trapezoid(ys, xs) / self.limit)
+
+
 class BackgroundWriter:
     """Runs writing jobs on one background thread, at most ``pending`` at a time.
 
@@ -150,6 +191,7 @@ class AnomalyReport:
         self.partial_csv = csv.writer(self.partial)
         self.partial_csv.writerow(SCORE_COLUMNS[:-1])
         self.scores, self.residuals, self.discriminations, self.z = [], [], [], []
+        self.regions = RegionOverlap()
         self.worst = []
         self.threshold = None
 
@@ -183,9 +225,10 @@ class AnomalyReport:
             masks = self.source.masks[start:start + len(images)]
             known = [m is not None or label == 0 for m, label in zip(masks, labels)]
             if any(known):
-                self.pixels.add(maps[known], np.stack([
-                    utils.load_mask(m, self.mask_spec, maps.shape[1:3])
-                    for m, k in zip(masks, known) if k]))
+                known_masks = np.stack([utils.load_mask(m, self.mask_spec, maps.shape[1:3])
+                                        for m, k in zip(masks, known) if k])
+                self.pixels.add(maps[known], known_masks)
+                self.regions.add(maps[known], known_masks)
         for offset, score in enumerate(result.score):
             score = float(score) if np.isfinite(score) else -np.inf
             entry = (score, start + offset, images[offset], final[offset], maps[offset])
@@ -244,7 +287,7 @@ class AnomalyReport:
         metrics = {"n": len(scores), "n_anomalous": int(flagged.sum()),
                    "n_labelled_anomalous": int((labels == 1).sum()),
                    **evaluate(scores, labels, flagged),
-                   "pixel_roc_auc": self.pixels.auc(),
+                   "pixel_roc_auc": self.pixels.auc(), "pro_auc": self.regions.auc(),
                    "per_type_roc_auc": per_type_roc_auc(self.source.names[:len(scores)], scores,
                                                         labels),
                    "threshold": float(threshold), "threshold_source": threshold_source,

@@ -151,24 +151,6 @@ def build_category(folder, name, seed=0):
     tmp.rename(folder)
 
 
-def pro_auc(maps, masks, limit=0.3, thresholds=100):
-    """MVTec AD's per-region overlap: the area under the mean-overlap-per-defect-region curve
-    over false positive rates up to ``limit`` (normalised by it), as Bergmann et al. 2021."""
-    from scipy import ndimage
-
-    regions = []
-    for index, mask in enumerate(masks):
-        labelled, count = ndimage.label(mask)
-        regions += [(index, labelled == label) for label in range(1, count + 1)]
-    normal = np.concatenate([m[~k] for m, k in zip(maps, masks)])
-    levels = np.quantile(normal, np.linspace(1.0, 1.0 - limit, thresholds))
-    fprs, overlaps = [], []
-    for level in levels:
-        fprs.append(float((normal > level).mean()))
-        overlaps.append(float(np.mean([(maps[i][r] > level).mean() for i, r in regions])))
-    return float(np.trapezoid(overlaps, fprs) / limit)
-
-
 def mean_patch_baseline(category, patch, stride):
     """Image and pixel ROC AUC, per-type AUC and PRO of |x - mean training patch|, tiled and
     stitched as patch mode is."""
@@ -199,13 +181,13 @@ def detection_figures(test, maps, masks):
     """Image ROC AUC (top 1 % of the map), pixel ROC AUC, per-type AUC and PRO of maps."""
     scores = np.array([np.mean(np.sort(m.ravel())[-max(1, round(m.size / 100)):])
                        for m in maps])
-    pixels = evaluation.PixelROC()
+    pixels, regions = evaluation.PixelROC(), evaluation.RegionOverlap()
     for image_map, mask in zip(maps, masks):
         pixels.add(image_map[None], mask[None])
+        regions.add(image_map[None], mask[None])
     return {"roc_auc": float(roc_auc_score(test.labels, scores)),
-            "pixel_roc_auc": pixels.auc(),
-            "per_type_roc_auc": evaluation.per_type_roc_auc(test.names, scores, test.labels),
-            "pro_auc": pro_auc(maps, [m for m in masks])}
+            "pixel_roc_auc": pixels.auc(), "pro_auc": regions.auc(),
+            "per_type_roc_auc": evaluation.per_type_roc_auc(test.names, scores, test.labels)}
 
 
 def git_commit():
@@ -232,8 +214,8 @@ def run_gan_mode(category, work, args):
                              residual_map, "--image_score", image_score, "--test_result_dir",
                              name, "--no_figures"])
             metrics = json.loads((category / "test" / name / "metrics.json").read_text())
-            figures[f"{residual_map}_{image_score}"] = {key: metrics[key] for key in (
-                "roc_auc", "pixel_roc_auc", "per_type_roc_auc", "seconds",
+            figures[f"{residual_map}_{image_score}"] = {key: metrics.get(key) for key in (
+                "roc_auc", "pixel_roc_auc", "pro_auc", "per_type_roc_auc", "seconds",
                 "images_per_second")}
             figures.update(health=metrics["health"], gan_steps=metrics["gan_steps"],
                            encoder_steps=metrics["encoder_steps"],

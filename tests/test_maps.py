@@ -108,3 +108,25 @@ def test_map_sigma_is_checked_against_the_map_size():
     for bad in ({"map_sigma": -1.0}, {"residual_map": "l2"}):
         with pytest.raises(ValueError):
             SearchConfig(**bad)
+
+
+def test_region_overlap_is_one_for_a_perfect_map_and_near_chance_for_noise():
+    from evaluation import RegionOverlap
+
+    masks = np.zeros((1, 200, 200), bool)
+    masks[0, 20:50, 20:50] = masks[0, 100:150, 100:110] = True  # two regions of unequal size
+    perfect = RegionOverlap()
+    perfect.add(np.where(masks, 0.9, 0.1), masks)
+    assert perfect.auc() == pytest.approx(1.0)
+    inverted = RegionOverlap()
+    inverted.add(np.where(masks, 0.1, 0.9), masks)
+    assert inverted.auc() == pytest.approx(0.0)
+    noise = RegionOverlap()
+    noise.add(np.random.default_rng(0).uniform(size=masks.shape), masks)
+    assert noise.auc() == pytest.approx(0.15, abs=0.02)  # overlap = FPR: 0.3^2 / 2 / 0.3
+    one_found = np.full(masks.shape, 0.1)
+    one_found[0, 20:50, 20:50] = 0.9  # the large region found, the small one not
+    half = RegionOverlap()
+    half.add(one_found, masks)
+    assert half.auc() == pytest.approx(0.5, abs=0.01)  # each region counts once, whatever its size
+    assert RegionOverlap().auc() is None

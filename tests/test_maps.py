@@ -124,9 +124,9 @@ def test_region_overlap_is_one_for_a_perfect_map_and_near_chance_for_noise():
     noise = RegionOverlap()
     noise.add(np.random.default_rng(0).uniform(size=masks.shape), masks)
     assert noise.auc() == pytest.approx(0.15, abs=0.02)  # overlap = FPR: 0.3^2 / 2 / 0.3
-    one_found = np.full(masks.shape, 0.1)
-    one_found[0, 20:50, 20:50] = 0.9  # the large region found, the small one not
+    one_found = np.random.default_rng(1).uniform(0.0, 0.5, masks.shape)
+    one_found[0, 20:50, 20:50] = 0.9  # the large region found, the small one like noise
     half = RegionOverlap()
     half.add(one_found, masks)
-    assert half.auc() == pytest.approx(0.5, abs=0.01)  # each region counts once, whatever its size
+    assert half.auc() == pytest.approx(0.5 * 1.0 + 0.5 * 0.15, abs=0.02)  # each region once
     assert RegionOverlap().auc() is None

@@ -140,7 +140,8 @@ def texture_tables(records):
                              and "pixel_roc_auc" in v] or [None])
             for combination in combinations:
                 scores, types = texture_rows(record, combination)
-                name = record["mode"] + (f" ({combination})" if combination else "")
+                name = (record["mode"] + (f" {record['tag']}" if record.get("tag") else "")
+                        + (f" ({combination})" if combination else ""))
                 steps = (f"{record.get('gan_steps')} / {record.get('encoder_steps')}"
                          if record.get("gan_steps") else "-")
                 lines.append(f"| {name} | {record['seed']} | "

@@ -212,7 +212,7 @@ def run_gan_mode(category, work, args):
             name = f"{args.mode}_s{args.seed}_{residual_map}_{image_score}"
             common.run_main([*flags, "--anomaly_test", *scoring_flags, "--residual_map",
                              residual_map, "--image_score", image_score, "--test_result_dir",
-                             name, "--no_figures"])
+                             name])
             metrics = json.loads((category / "test" / name / "metrics.json").read_text())
             figures[f"{residual_map}_{image_score}"] = {key: metrics.get(key) for key in (
                 "roc_auc", "pixel_roc_auc", "pro_auc", "per_type_roc_auc", "seconds",
@@ -232,6 +232,9 @@ def parse_args(argv=None):
     parser.add_argument("--image_scores", default="top1,smoothmax,critic")
     parser.add_argument("--work_dir", default="out/textures")
     parser.add_argument("--record", default=None, help="folder for the JSON record")
+    parser.add_argument("--tag", default=None,
+                        help="a suffix of the record's name (a rescoring of a trained model: "
+                             "main.py reuses what --work_dir holds)")
     parser.add_argument("extra", nargs="*", help="further main.py flags, after --")
     return parser.parse_args(argv)
 
@@ -247,7 +250,7 @@ def main(argv=None):
     else:
         figures = run_gan_mode(category, work / f"{args.mode}_s{args.seed}", args)
     record = {"benchmark": "textures", "category": args.category, "mode": args.mode,
-              "seed": args.seed,
+              "seed": args.seed, "tag": args.tag,
               "command": " ".join(["python", "benchmarks/textures.py", *sys.argv[1:]]),
               "commit": git_commit(), "date": datetime.date.today().isoformat(),
               "machine": f"{platform.machine()}, {common.environment()['cpu_count']} cores, "
@@ -256,8 +259,8 @@ def main(argv=None):
               **common.environment()}
     if args.record:
         Path(args.record).mkdir(parents=True, exist_ok=True)
-        utils.write_json(Path(args.record) / f"{args.category}_{args.mode}_s{args.seed}.json",
-                         record)
+        name = f"{args.category}_{args.mode}_s{args.seed}" + (f"_{args.tag}" if args.tag else "")
+        utils.write_json(Path(args.record) / f"{name}.json", record)
     common.print_json(record)
 
 

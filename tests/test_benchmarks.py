@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import BENCHMARKS, benchmark_module, read_scores, run_in_process
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 TINY = ["--height", "16", "--channels", "3", "--batch", "2"]
@@ -209,3 +210,21 @@ def test_report_tables_are_computed_from_the_records(tmp_path):
     text = report.report(tmp_path)
     assert "| 3 | 0,1 | 0.900 0.800 | 0.850 ± 0.071 | 1 of 2 | 0.887 / 0.913 |" in text
     assert "Mean over all 2 runs: **0.850**" in text and "commits abc1234; 2026-12-01" in text
+
+
+def test_textures_builds_a_photo_category_and_scores_the_mean_patch(tmp_path, capsys):
+    record_dir = tmp_path / "records"
+    figures = json.loads(run_in_process("textures", capsys, "--category", "brick", "--mode",
+                                        "mean", "--work_dir", tmp_path, "--record",
+                                        record_dir).out)
+    category = tmp_path / "data" / "brick"
+    counts = {folder.name: len(list(folder.glob("*.png")))
+              for folder in (category / "test").iterdir()}
+    assert counts == {"good": 40, "scratch": 15, "stain": 15, "hole": 15, "foreign": 15,
+                      "crack": 15}
+    assert len(list((category / "train" / "good").glob("*.png"))) == 40
+    for mask in (category / "ground_truth").rglob("*_mask.png"):
+        assert np.asarray(Image.open(mask)).any(), mask
+    assert set(figures["per_type_roc_auc"]) == set(counts) - {"good"}
+    assert figures["pixel_roc_auc"] > 0.6 and 0 < figures["pro_auc"] < 1  # holes, pastes
+    assert json.loads((record_dir / "brick_mean_s0.json").read_text())["commit"]

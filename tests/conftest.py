@@ -23,9 +23,9 @@ os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 SHARED_DETECTOR_GROUP = "tiny_detector"
 SLOWEST_GROUPS_FIRST = (SHARED_DETECTOR_GROUP, "test_benchmarks", "test_encoder", "test_patches",
-                        "test_train",
-                        "test_robustness", "test_anomaly", "test_distribute", "test_cli",
-                        "test_health", "test_mvtec")
+                        "test_download", "test_train", "test_robustness", "test_anomaly",
+                        "test_encoder_stop", "test_distribute", "test_cli", "test_health",
+                        "test_mvtec")
 """xdist groups in the order they are handed to the workers: longest first (as measured by
 ``pytest --durations``), so that no long module is left to run alone at the end."""
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

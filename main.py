@@ -186,10 +186,10 @@ def build_parser():
          help="Gaussian smoothing of the anomaly map in pixels, before the pixel metrics and "
               "map scores (0: none; 4 is anomalib's)")
     test("--image_score", choices=losses.IMAGE_SCORES, default="sum",
-         help="sum: the --score (the original); top1: mean of the top 1%% of the residual map; "
-              "smoothmax: maximum of the residual map smoothed with sigma 2 (small defects); "
-              "critic: -D(x), how unlike the training images D finds the image itself "
-              "(textures; the maps stay residuals)")
+         help="sum: the --score (the original; in patch mode the map's mean); top1: mean of the "
+              "top 1%% of the anomaly map; smoothmax: maximum of the map smoothed with sigma 2 "
+              "(small defects); critic: -D(x), how unlike the training images D finds the "
+              "image itself (patch mode: its most unlike patch; the maps stay residuals)")
     test("--threshold", type=threshold_value, default="auto", help="a score, or auto")
 
     out = p.add_argument_group("outputs").add_argument

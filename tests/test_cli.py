@@ -126,7 +126,7 @@ def test_checkpoint_dir_that_is_a_file_is_refused_before_training(workdir, capsy
     write_images(workdir / "data" / "gray", 24, 28)
     (workdir / "afile").write_text("not a folder")
     assert main.main([*GRAY, "--checkpoint_dir", "afile", "--epoch", "1", "--train"]) == 2
-    assert "cannot use afile/gray_8_28_28 as a checkpoint folder" in error_line(capsys)
+    assert "--checkpoint_dir afile is a file, not a folder" in error_line(capsys)
     assert not (workdir / "samples").exists() and not (workdir / "logs").exists()
 
 

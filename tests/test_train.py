@@ -96,6 +96,7 @@ def test_mismatched_checkpoint_is_refused(workdir, capsys):
 
 def test_anomaly_test_without_checkpoint_says_train_first(workdir, capsys):
     write_images(workdir / "data" / "gray", 24, 28)
+    write_images(workdir / "test_data", 2, 28)
     assert run_main(*small("gray", 28, "--anomaly_test")) == 2
     assert "train a model first" in capsys.readouterr().err
 

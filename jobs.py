@@ -33,7 +33,7 @@ import runtime
 import samples
 import scoring
 import utils
-from search import SearchResult, batch_starts
+from search import batch_starts
 
 
 class UsageError(Exception):
@@ -329,11 +329,9 @@ def score_tiles(job, dcgan, source, search, report=None):
                                    search)
             return dcgan.search(tiles, np.zeros((len(tiles), 0), np.float32), starts, search)
 
-        fields, maps = scoring.score_tiled_image(
+        result, maps = scoring.score_tiled_image(
             image, data.patch_size, data.patch_stride, flags.test_batch_size, search_tiles,
             dcgan.critic_scores, dcgan.config.value_range, search, flags.image_score)
-        result = SearchResult(**{k: np.asarray(v) for k, v in fields.items()
-                                 if k != "snapshots"}, snapshots=fields["snapshots"])
         if report is not None:
             report.add(image, result, maps)
         scores.append(result.score)

@@ -10,9 +10,11 @@ Tiles are indexed by (image, top, left) corners: ``tile_corners`` lays them out 
 pixel indices, ``gather_tiles`` cuts the tiles and ``add_tiles`` sums values back in place.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from losses import anomaly_map, image_score, smooth_maps
+from search import SearchResult
 
 
 def tile_starts(length, patch, stride):
@@ -85,7 +87,7 @@ def image_scores(kind, search_scores, maps, critic, sigma):
 def score_tiled_image(image, patch, stride, batch_size, search_tiles, critic_tiles, value_range,
                       search, kind):
     """Scores one image (1, h, w, c) in patch mode, its tiles streamed ``batch_size`` at a
-    time; returns (its ``search.SearchResult``-like fields, its smoothed map (1, h, w)).
+    time; returns its ``search.SearchResult`` and its smoothed map (1, h, w).
 
     ``search_tiles(tiles, first)`` searches a batch of tiles (``first``: the index of its
     first tile, for reproducible starting z) and returns a ``SearchResult``; ``critic_tiles``
@@ -116,8 +118,9 @@ def score_tiled_image(image, patch, stride, batch_size, search_tiles, critic_til
             critics.append(critic_tiles(tiles))
     scores, maps = image_scores(kind, None, stitched(map_total, coverage),
                                 lambda: tf.reduce_max(tf.concat(critics, 0))[None], search.map_sigma)
-    fields = {"score": scores.numpy(), "residual": [sums["residual"] / count],
-              "discrimination": [sums["discrimination"] / count], "z": [sums["z"] / count],
-              "snapshots": {step: stitched(total, coverage).numpy()
-                            for step, total in fake_totals.items()}}
-    return fields, maps.numpy()
+    result = SearchResult(scores.numpy(), np.array([sums["residual"] / count]),
+                          np.array([sums["discrimination"] / count]),
+                          np.array([sums["z"] / count]),
+                          {step: stitched(total, coverage).numpy()
+                           for step, total in fake_totals.items()})
+    return result, maps.numpy()

@@ -142,15 +142,11 @@ def load_image(path, input_size, output_size, crop, channels, value_range=(-1.0,
     With ``crop`` the centre ``input_size`` (h, w) is cut out before resizing to
     ``output_size``; without it the whole image is resized, as in the original.
     """
-    return scale_pixels(load_pixels(path, input_size, output_size, crop, channels), value_range)
-
-
-def load_pixels(path, input_size, output_size, crop, channels):
-    """``load_image``'s pixels as float32 0..255 (h, w, c)."""
     with Image.open(path) as image:
         image = prepared(eight_bit(image).convert("L" if channels == 1 else "RGB"), path,
                          input_size, output_size, crop, Image.BICUBIC)
-        return np.asarray(image, dtype=np.float32).reshape(*output_size, channels)
+        array = np.asarray(image, dtype=np.float32).reshape(*output_size, channels)
+    return scale_pixels(array, value_range)
 
 
 def scaled_size(width, height, scale):

@@ -642,22 +642,29 @@ class DataSpec:
     def check_test_folder(self):
         """DataError, before any work, when there is nothing to score: --test_dir neither an
         image nor a folder holding images (MNIST's test split stands in for those)."""
-        test_dir = Path(self.test_dir)
-        if test_dir.exists() and not (test_dir.is_dir() or test_dir.is_file()):
-            raise utils.DataError(f"--test_dir {self.test_dir} is neither a folder nor an image")
+        test_dir = self.test_path()
         if self.is_mnist or test_dir.is_file():
             return
         if not test_dir.is_dir() or not any(
                 path.suffix.lower() in IMAGE_EXTENSIONS for path in test_dir.rglob("*")):
-            raise utils.DataError(f"no test images in {self.test_dir}: put images there "
-                                  "(normal/ and anomaly/ subfolders give labels)")
+            raise self.no_test_images()
+
+    def test_path(self):
+        """--test_dir as a Path; DataError when it exists as neither a folder nor a file."""
+        test_dir = Path(self.test_dir)
+        if test_dir.exists() and not (test_dir.is_dir() or test_dir.is_file()):
+            raise utils.DataError(f"--test_dir {self.test_dir} is neither a folder nor an image")
+        return test_dir
+
+    def no_test_images(self):
+        """The DataError of a test folder with nothing to score."""
+        return utils.DataError(f"no test images in {self.test_dir}: put images there (normal/ "
+                               "and anomaly/ subfolders give labels)")
 
     def _test_images(self, channels):
-        test_dir = Path(self.test_dir)
+        test_dir = self.test_path()
         if test_dir.is_file():
             return file_source(self.test_dir, channels, self.crop_size)
-        if test_dir.exists() and not test_dir.is_dir():
-            raise utils.DataError(f"--test_dir {self.test_dir} is neither a folder nor an image")
         if test_dir.is_dir():
             source = test_folder_source(self.test_dir, self.result_folder(), channels,
                                         self.crop_size, self.mask_dir)
@@ -665,5 +672,4 @@ class DataSpec:
                 return source
         if self.is_mnist:
             return mnist_test_source(self.mnist_folder(), self.normal_class)
-        raise utils.DataError(f"no test images in {self.test_dir}: put images there (normal/ "
-                              "and anomaly/ subfolders give labels)")
+        raise self.no_test_images()

@@ -25,7 +25,7 @@ import utils
 
 QUICK_START = ["--dataset", "mnist", "--normal_class", "0", "--epoch", "5", "--train",
                "--train_encoder", "--anomaly_test", "--z_init", "encoder", "--test_epoch", "0",
-               "--score", "izif", "--test_size", "1000"]
+               "--score", "izif", "--test_size", "1000", "--encoder_max_steps", "1000"]
 
 
 def main(argv=None):

@@ -166,8 +166,6 @@ def train(job):
     again with the next seed, up to --retries times (the failed one is set aside)."""
     flags = job.flags
     source, train_images, held_out, usable, steps_per_epoch = training_split(job)
-    check_writable(flags.sample_dir, "--sample_dir")
-    check_writable(job.train_config.log_dir, "--log_dir")
     for attempt in range(flags.retries + 1):
         dcgan, resumed = build_model(job, source.channels)
         result = train_once(job, dcgan, resumed, train_images, held_out, usable,
@@ -210,8 +208,6 @@ def train_once(job, dcgan, resumed, train_images, held_out, usable, steps_per_ep
 
 def train_encoder(job):
     source, train_images, held_out, usable, steps_per_epoch = training_split(job)
-    check_writable(job.flags.sample_dir, "--sample_dir")
-    check_writable(job.train_config.log_dir, "--log_dir")
     dcgan, restored = build_model(job, source.channels)
     if not restored:
         raise UsageError(f"no trained GAN in {dcgan.checkpoint_dir}: train it first (--train "
@@ -486,7 +482,8 @@ def score_and_report(job, dcgan, result_dir):
         for name, score, flagged in report.rows():
             print(f"{name} {score:.6g} {'anomalous' if flagged else 'normal'}")
     print(f"results in {result_dir}: " + ", ".join(
-        f"{k} {metrics[k]}" for k in ("n", "n_anomalous", "roc_auc", "pr_auc", "threshold")))
+        f"{k} {metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
+        for k in ("n", "n_anomalous", "roc_auc", "pr_auc", "threshold")))
 
 
 def scoring_mode(search, image_score):

@@ -103,7 +103,7 @@ def test_mnist_one_class_keeps_every_run_per_seed_and_reuses_them(tmp_path, caps
     write_mnist(tmp_path / "data" / "mnist", train_per_digit=30, test_per_digit=3)
     flags = ["--data_dir", str(tmp_path / "data"), "--digits", "1", "--seeds", "0,1",
              "--epochs", "1", "--test_size", "20", "--test_epoch", "2", "--batch_size", "8",
-             "--modes", "b_izif,a", "--work_dir", str(tmp_path / "work"), "--retries", "0",
+             "--modes", "b_izif", "--work_dir", str(tmp_path / "work"), "--retries", "0",
              "--encoder_min_steps", "2", "--records", str(tmp_path / "records"),
              TINY_MODEL + " --no_figures --encoder_patience 0"]
     decoder, text, rows = json.JSONDecoder(), run_in_process("mnist_one_class", capsys,

@@ -254,14 +254,15 @@ def test_encoder_error_cases_are_one_line(trained, tmp_path, capsys):
     assert "--test_epoch must be >= 0" in error_line(capsys)
 
     # A GAN without an encoder, then one whose G moved on after its encoder was trained.
-    copy = tmp_path / "copy"
-    shutil.copytree(root / "gan_only", copy)
-    fresh = [*flags, "--checkpoint_dir", str(copy)]
     test_dir = labelled_test_dir(root)
+    gan_only = [*flags, "--checkpoint_dir", str(root / "gan_only")]
     capsys.readouterr()
-    assert run_main(fresh, "--anomaly_test", "--test_dir", test_dir, "--z_init", "encoder") == 2
+    assert run_main(gan_only, "--anomaly_test", "--test_dir", test_dir, "--z_init",
+                    "encoder") == 2
     assert "no trained encoder in" in error_line(capsys)
-    assert run_main(fresh, "--train_encoder", "--encoder_epoch", 1) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "checkpoint", copy)
+    fresh = [*flags, "--checkpoint_dir", str(copy)]
     assert run_main(fresh, "--train", "--epoch", 4) == 0
     capsys.readouterr()
     assert run_main(fresh, "--anomaly_test", "--test_dir", test_dir, "--z_init", "encoder") == 2
@@ -309,10 +310,19 @@ def test_conditional_mnist_encoder_scores_with_and_without_labels(tmp_path):
              "--data_dir", str(tmp_path / "data"),
              "--checkpoint_dir", str(tmp_path / "ckpt"), "--log_dir", str(tmp_path / "logs"),
              "--sample_dir", str(tmp_path / "samples"), "--test_dir", str(tmp_path / "test"),
-             "--epoch", "1", "--encoder_epoch", "1", "--test_batch_size", "8"]
+             "--epoch", "1", "--encoder_epoch", "1", "--test_batch_size", "8", "--no_figures"]
+    # The test split's digits are known: the search from E(x) runs under each image's label.
     assert run_main(flags, "--train", "--train_encoder", "--anomaly_test", "--z_init", "encoder",
-                    "--test_epoch", 0, "--test_size", 6) == 0
+                    "--test_epoch", 1, "--test_size", 6) == 0
     assert len(read_scores(tmp_path / "test" / "test_result")) == 6
+    folder = tmp_path / "ckpt" / "mnist_8_28_28"
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["y_dim"], config["c_dim"], config["classes"]) == (10, 1, [])
+    assert sorted(p.name for p in folder.glob("ckpt-*.index")) == ["ckpt-9.index"]  # 72 of 80
+    dcgan = model.DCGAN(ModelConfig(28, 28, 1, z_dim=8, y_dim=10, gf_dim=8, df_dim=8), folder)
+    assert dcgan.load()
+    images = dcgan.generate(*sample_inputs(dcgan.config, 10))
+    assert images.shape == (10, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
     write_images(tmp_path / "test" / "anomaly", 2, 28, kind=5)
     write_images(tmp_path / "test" / "normal", 6, 28, kind=0, seed=3)
     saved = tmp_path / "detector"

@@ -111,38 +111,39 @@ def test_threshold_flag_moves_the_exported_threshold_and_a_rerun_replaces_it(tin
     _, flags = tiny_detector
     saved = tmp_path / "detector"
     image = write_images(tmp_path / "one", 1, 28, kind=0)[0]
-    high, critic = tmp_path / "detector_1e9", tmp_path / "critic"
-    assert main.main([*flags, "--export", str(saved), "--threshold", "1e9"]) == 0
+    high = tmp_path / "detector_1e9"
+    critic = [*flags, "--export", str(saved), "--image_score", "critic"]
+    assert main.main([*critic, "--threshold", "1e9"]) == 0
     shutil.copytree(saved, high)
-    assert main.main([*flags, "--export", str(saved), "--threshold", "0"]) == 0
-    assert main.main([*flags, "--export", str(critic), "--image_score", "critic"]) == 0
-    results = score_outside(tmp_path, {high: [image], saved: [image], critic: [image]})
+    assert main.main([*critic, "--threshold=-1e9"]) == 0
+    results = score_outside(tmp_path, {high: [image], saved: [image]})
     assert results[str(high)]["threshold"] == 1e9 and not results[str(high)][str(image)][1]
-    assert results[str(saved)]["threshold"] == 0 and results[str(saved)][str(image)][1]
+    assert results[str(saved)]["threshold"] == -1e9 and results[str(saved)][str(image)][1]
     dcgan = model.DCGAN(ModelConfig(28, 28, 1, z_dim=16, gf_dim=8, df_dim=8),
                         tiny_detector[0] / "checkpoint" / "rings_8_28_28")
     assert dcgan.load()
     pixels = utils.load_image(image, (28, 28), (28, 28), False, 1)[None]
-    assert results[str(critic)][str(image)][0] == pytest.approx(
+    assert results[str(saved)][str(image)][0] == pytest.approx(
         float(dcgan.critic_scores(pixels)[0]), rel=1e-5, abs=1e-5)
-    assert json.loads((critic / "assets" / export.ASSET).read_text())["mode"][
+    assert json.loads((saved / "assets" / export.ASSET).read_text())["mode"][
         "image_score"] == "critic"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 def test_export_without_a_fresh_encoder_is_one_line(tiny_detector, tmp_path, capsys):
-    _, flags = tiny_detector
+    root, flags = tiny_detector
+    shutil.copytree(root / "checkpoint", tmp_path / "checkpoint")
     other = [*flags, "--checkpoint_dir", str(tmp_path / "checkpoint")]
-    assert main.main([*other, "--epoch", "1", "--train"]) == 0
+    encoder = tmp_path / "checkpoint" / "rings_8_28_28" / "encoder"
+    shutil.move(encoder, tmp_path / "encoder")  # a GAN trained without --train_encoder
     capsys.readouterr()
-    assert main.main([*other, "--epoch", "1", "--export", str(tmp_path / "d")]) == 2
+    assert main.main([*other, "--export", str(tmp_path / "d")]) == 2
     assert "--export: no trained encoder" in error_line(capsys)
-    assert main.main([*other, "--epoch", "1", "--train_encoder", "--encoder_min_steps", "2",
-                      "--encoder_patience", "0"]) == 0
-    assert main.main([*other, "--epoch", "2", "--train"]) == 0
+    shutil.move(tmp_path / "encoder", encoder)
+    assert main.main([*other, "--epoch", "4", "--train"]) == 0
     capsys.readouterr()
-    assert main.main([*other, "--epoch", "2", "--export", str(tmp_path / "d")]) == 2
-    assert "was trained for G at step 4, G is now at step 8" in error_line(capsys)
+    assert main.main([*other, "--epoch", "4", "--export", str(tmp_path / "d")]) == 2
+    assert "was trained for G at step 12, G is now at step 16" in error_line(capsys)
     assert not (tmp_path / "d").exists()
 
 

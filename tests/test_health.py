@@ -107,7 +107,7 @@ def wgan(tmp_path_factory):
              "--gf_dim", "8", "--df_dim", "8", "--data_dir", str(root / "data"),
              "--checkpoint_dir", str(root / "checkpoint"), "--sample_dir", str(root / "samples"),
              "--log_dir", str(root / "logs"), "--gan", "wgan_gp", "--n_critic", "2",
-             "--test_dir", str(root / "test")]
+             "--test_dir", str(root / "test"), "--no_figures"]
     return root, flags
 
 

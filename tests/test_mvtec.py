@@ -66,7 +66,7 @@ def test_map_based_image_scores_with_the_encoder(category):
     root, flags = category
     for kind in ("top1", "smoothmax"):
         assert main.main([*flags, "--anomaly_test", "--z_init", "encoder", "--test_epoch", "0",
-                          "--image_score", kind, "--test_result_dir", kind]) == 0
+                          "--no_figures", "--image_score", kind, "--test_result_dir", kind]) == 0
         result_dir = root / "data" / "mvtec" / "tex" / "test" / kind
         metrics = json.loads((result_dir / "metrics.json").read_text())
         assert metrics["image_score"] == kind and metrics["z_init"] == "encoder"
@@ -80,7 +80,7 @@ def test_map_based_image_scores_with_the_encoder(category):
                 map_score(maps, kind).numpy()[0], abs=2 / 255)
     # --residual_shift: top1 of the map that forgives 2 pixels, never above the plain top1.
     assert main.main([*flags, "--anomaly_test", "--z_init", "encoder", "--test_epoch", "0",
-                      "--image_score", "top1", "--residual_shift", "2",
+                      "--no_figures", "--image_score", "top1", "--residual_shift", "2",
                       "--test_result_dir", "shifted"]) == 0
     test = root / "data" / "mvtec" / "tex" / "test"
     metrics = json.loads((test / "shifted" / "metrics.json").read_text())
@@ -98,7 +98,8 @@ def test_map_based_image_scores_with_the_encoder(category):
 def test_critic_image_score_is_minus_d_of_the_image_and_keeps_the_residual_maps(category):
     root, flags = category
     assert main.main([*flags, "--anomaly_test", "--z_init", "encoder", "--test_epoch", "0",
-                      "--image_score", "critic", "--test_result_dir", "critic"]) == 0
+                      "--no_figures", "--image_score", "critic", "--test_result_dir",
+                      "critic"]) == 0
     test = root / "data" / "mvtec" / "tex" / "test"
     metrics = json.loads((test / "critic" / "metrics.json").read_text())
     assert metrics["image_score"] == "critic" and metrics["pixel_roc_auc"] > 0.75

@@ -142,13 +142,36 @@ def texture_tables(records):
                 scores, types = texture_rows(record, combination)
                 name = (record["mode"] + (f" {record['tag']}" if record.get("tag") else "")
                         + (f" ({combination})" if combination else ""))
-                steps = (f"{record.get('gan_steps')} / {record.get('encoder_steps')}"
-                         if record.get("gan_steps") else "-")
                 lines.append(f"| {name} | {record['seed']} | "
                              + " | ".join(cell(v) for v in scores)
-                             + f" | {types} | {steps} | {record.get('seconds', '-')} |")
-        lines += ["", provenance(list(mine.values())), ""]
+                             + f" | {types} | {steps_cell(record)} | "
+                             f"{record.get('seconds', '-')}"
+                             + (" (cores shared)" if record.get("cores_shared") else "") + " |")
+        lines += ["", *declared_means(mine, chosen, category), provenance(list(mine.values())),
+                  ""]
     return lines
+
+
+def steps_cell(record):
+    """'GAN steps / E steps (why E stopped), health' of a trained record, or '-'."""
+    if not record.get("gan_steps"):
+        return "-"
+    stop = ((record.get("health") or {}).get("encoder") or {}).get("stopped_by")
+    return (f"{record['gan_steps']} / {record.get('encoder_steps')}"
+            + (f" ({stop})" if stop else "")
+            + f", health {'passed' if health_passed(record) else 'failed'}")
+
+
+def declared_means(records, chosen, category):
+    """The line of the declared patch mode's means over seeds (and its runs), or nothing."""
+    runs = [r for r in records.values() if r["mode"] == "patch" and not r.get("tag")]
+    if not chosen or category == CHOOSING_CATEGORY or not runs:
+        return []
+    images = [r[chosen]["roc_auc"] for r in runs]
+    pixels = [r[chosen]["pixel_roc_auc"] for r in runs]
+    return [(f"Declared patch mode over {len(runs)} seed{'s' if len(runs) > 1 else ''} (every "
+             f"run made): image ROC AUC {mean_sd(images)}, pixel ROC AUC {mean_sd(pixels)}."),
+            ""]
 
 
 def resize_table(records):

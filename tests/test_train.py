@@ -117,6 +117,9 @@ def test_one_class_mnist_trains_the_conditional_model_on_chosen_digits(workdir, 
     # The same folder with another model: one line naming the difference, exit 2.
     assert run_main(*flags, "--y_dim", 0, "--train") == 2
     assert "y_dim: checkpoint 10 vs now 0" in capsys.readouterr().err
+    assert run_main(*flags, "--y_dim", 0, "--checkpoint_dir", "unconditional", "--train") == 0
+    config = json.loads((workdir / "unconditional" / folder.name / "config.json").read_text())
+    assert (config["y_dim"], config["classes"]) == (0, [])
 
 
 def test_model_config_checks_its_classes():

@@ -221,40 +221,48 @@ class DCGAN:
         """G(z) in training mode."""
         return self.generator(z, labels, training=True)
 
-    def _dcgan_step(self, images, labels, z, average):
-        """One D update, then two G updates on the same z (the original's schedule)."""
+    def _discriminator_update(self, images, labels, z, average):
+        """One D update on the original's loss (per replica)."""
         with tf.GradientTape() as tape:
             real_logits = self._critic(images, labels)
             d_loss = average(discriminator_loss(real_logits,
                                                 self._critic(self._fakes(labels, z), labels)))
         apply_gradients(self.d_optim, tape, d_loss, self.discriminator)
-        for _ in range(2):
-            with tf.GradientTape() as tape:
-                g_loss = average(generator_loss(self._critic(self._fakes(labels, z), labels)))
-            apply_gradients(self.g_optim, tape, g_loss, self.generator)
-        return {"d_loss": d_loss, "g_loss": g_loss}
+        return {"d_loss": d_loss}
 
-    def _wgan_gp_step(self, images, labels, z, average):
-        """One critic update with the gradient penalty; after every ``n_critic``-th, one G update
-        (f-AnoGAN's WGAN-GP schedule). g_loss is G's loss before its update."""
-        cfg = self.train_config
+    def _generator_update(self, images, labels, z, average):
+        """One G update on the original's loss (per replica)."""
+        with tf.GradientTape() as tape:
+            g_loss = average(generator_loss(self._critic(self._fakes(labels, z), labels)))
+        apply_gradients(self.g_optim, tape, g_loss, self.generator)
+        return {"g_loss": g_loss}
+
+    def _critic_update(self, images, labels, z, average):
+        """One critic update with the gradient penalty (per replica); g_loss is G's loss
+        before G's next update."""
         critic = functools.partial(self._critic, labels=labels)
         alpha = tf.random.uniform((tf.shape(images)[0], 1, 1, 1))
         with tf.GradientTape() as tape:
             fakes = self._fakes(labels, z)
             real_logits, fake_logits = critic(images), critic(fakes)
             penalty = gradient_penalty(critic, images, fakes, alpha)
-            d_loss = average(critic_loss(real_logits, fake_logits) + cfg.gp_weight * penalty)
+            d_loss = average(critic_loss(real_logits, fake_logits)
+                             + self.train_config.gp_weight * penalty)
         apply_gradients(self.d_optim, tape, d_loss, self.discriminator)
-        g_loss = average(wasserstein_generator_loss(fake_logits))
-        if (self.step + 1) % cfg.n_critic == 0:
-            with tf.GradientTape() as tape:
-                g_loss = average(wasserstein_generator_loss(critic(self._fakes(labels, z))))
-            apply_gradients(self.g_optim, tape, g_loss, self.generator)
-        return {"d_loss": d_loss, "g_loss": g_loss, "gradient_penalty": average(penalty)}
+        return {"d_loss": d_loss, "g_loss": average(wasserstein_generator_loss(fake_logits)),
+                "gradient_penalty": average(penalty)}
 
-    def _encoder_step(self, images, labels, average):
-        """One update of E on the izi_f loss; G and D are fixed and in inference mode."""
+    def _wasserstein_generator_update(self, images, labels, z, average):
+        """One G update on the Wasserstein loss (per replica)."""
+        with tf.GradientTape() as tape:
+            g_loss = average(wasserstein_generator_loss(
+                self._critic(self._fakes(labels, z), labels)))
+        apply_gradients(self.g_optim, tape, g_loss, self.generator)
+        return {"g_loss": g_loss}
+
+    def _encoder_update(self, images, labels, average):
+        """One update of E on the izi_f loss (per replica); G and D are fixed and in
+        inference mode."""
         kappa = self.train_config.encoder_kappa
         with prepared_transposes(self.generator, self.discriminator):
             _, real_features = self.discriminator(images, labels, training=False)
@@ -269,17 +277,44 @@ class DCGAN:
         return {"encoder_loss": loss, "encoder_residual": average(residual),
                 "encoder_features": average(features)}
 
+    def _dcgan_step(self, run):
+        """One D update, then two G updates on the same z (the original's schedule)."""
+        losses = run(self._discriminator_update)
+        g_loss = tf.zeros_like(losses["d_loss"])
+        for _ in tf.range(2):  # one G update in the graph, run twice
+            g_loss = run(self._generator_update)["g_loss"]
+        return {**losses, "g_loss": g_loss}
+
+    def _wgan_gp_step(self, run):
+        """One critic update; after every ``n_critic``-th, one G update (f-AnoGAN's WGAN-GP
+        schedule). g_loss is G's loss before its update."""
+        losses = run(self._critic_update)
+        g_loss = losses["g_loss"]
+        if (self.step + 1) % self.train_config.n_critic == 0:
+            g_loss = run(self._wasserstein_generator_update)["g_loss"]
+        return {**losses, "g_loss": g_loss}
+
+    def _encoder_step(self, run):
+        """One update of E."""
+        return run(self._encoder_update)
+
     def _distributed(self, step_fn, counter, global_batch):
-        """A compiled step running ``step_fn`` on every replica (its losses averaged over the
-        global batch), summing its losses and advancing ``counter``."""
+        """A compiled step: ``step_fn(run)`` composes updates, each ``run(update)`` running
+        ``update(*batch, average)`` on every replica (its losses averaged over the global
+        batch) and summing its losses; the step advances ``counter``. Control flow stays
+        outside the replicas, where the strategies allow it."""
         average = functools.partial(tf.nn.compute_average_loss, global_batch_size=global_batch)
 
         @tf.function
         def step(*batch):
-            losses = self.strategy.run(lambda *replica: step_fn(*replica, average), args=batch)
+            def run(update):
+                losses = self.strategy.run(lambda *replica: update(*replica, average),
+                                           args=batch)
+                return {name: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                        for name, value in losses.items()}
+            losses = step_fn(run)
             counter.assign_add(1)
-            return {name: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
-                    for name, value in losses.items()}
+            return losses
         return step
 
     def train_step_fn(self, batch_size):

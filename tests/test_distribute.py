@@ -31,7 +31,7 @@ def scores(result_dir):
         return {row["file"]: float(row["anomaly_score"]) for row in csv.DictReader(handle)}
 
 
-def test_mirrored_on_two_cpu_devices_trains_and_scores_like_default(tmp_path):
+def test_mirrored_on_two_cpu_devices_trains_both_gans_and_scores_like_default(tmp_path):
     write_images(tmp_path / "data" / "gray", 24, 28)
     write_images(tmp_path / "test_data" / "normal", 4, 28, seed=3)
     write_images(tmp_path / "test_data" / "anomaly", 3, 28, kind=6, seed=4)
@@ -49,6 +49,8 @@ def test_mirrored_on_two_cpu_devices_trains_and_scores_like_default(tmp_path):
         assert main.main([*flags, *mirrored, "--anomaly_test",
                           "--test_result_dir", "mirrored"]) == 0
         assert main.main([*flags, "--anomaly_test", "--test_result_dir", "default"]) == 0
+        assert main.main([*flags, *mirrored, "--gan", "wgan_gp", "--epoch", "2",
+                          "--train"]) == 0  # its G update is conditional: outside the replicas
         print("replicas", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
               .num_replicas_in_sync)
         """, tmp_path)
@@ -56,6 +58,8 @@ def test_mirrored_on_two_cpu_devices_trains_and_scores_like_default(tmp_path):
     assert "replicas 2" in result.stdout
     assert sorted(p.name for p in (tmp_path / "checkpoint" / "gray_8_28_28").glob("*.index")) \
         == ["ckpt-2.index"]
+    assert sorted(p.name for p in (tmp_path / "checkpoint" / "gray_8_28_28_wgan_gp").glob(
+        "*.index")) == ["ckpt-4.index"]
     mirrored = scores(tmp_path / "test_data" / "mirrored")
     default = scores(tmp_path / "test_data" / "default")
     assert list(mirrored) == list(default) and len(mirrored) == 7

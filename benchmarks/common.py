@@ -2,8 +2,11 @@
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
+import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -91,6 +94,29 @@ def environment():
             "tensorflow": tf.__version__, "onednn": phase_conv.onednn_enabled(),
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
+
+
+def git_commit():
+    """The repository's short commit, or None outside a git checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def provenance(command):
+    """What a record names its measurement by: the command, commit, date and machine."""
+    where = environment()
+    return {"command": command, "commit": git_commit(),
+            "date": datetime.date.today().isoformat(),
+            "machine": f"{platform.machine()}, {where['cpu_count']} cores, {where['device']}"}
+
+
+def script_command(script, argv=None):
+    """The command line that ran benchmarks/``script`` with ``argv`` (its own, by default)."""
+    return " ".join(["python", f"benchmarks/{script}",
+                     *map(str, sys.argv[1:] if argv is None else argv)])
 
 
 def run_main(flags):

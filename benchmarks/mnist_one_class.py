@@ -2,7 +2,7 @@
 
     python benchmarks/mnist_one_class.py --data_dir ../shared/data --digits 0,7 --seeds 0,1,2
         [--epochs 5] [--gan dcgan|wgan_gp] [--encoder_min_steps N] [--modes b_izif]
-        [--test_size 1000] [--retries 1] [--work_dir out/mnist_one_class]
+        [--encoder_patience N] [--test_size 1000] [--retries 1] [--work_dir out/mnist_one_class]
 
 For each digit and seed: trains a one-class GAN (``main.py --normal_class <digit> --seed <s>
 --train``; the original's class-conditional MNIST model) for ``--epochs`` epochs with its
@@ -16,12 +16,13 @@ the same ``--test_size`` stratified MNIST test images with each mode:
 - ``c`` / ``c_izif``: the search started at E(x), scored with the original's / izi_f's score.
 
 Every run is kept: one JSON object per (digit, seed) with each mode's ROC AUC, PR AUC and
-images/s, the health check's values and verdict, the seed training kept (after a retry) and
-the seconds of a training epoch (from its logged steps); then a summary: per digit and mode
-the mean and standard
-deviation over seeds, the mean over all runs, the published AnoGAN rows beside them, the
-health verdicts, and the runs below 0.80 the check passed. Runs are stored under
-``--work_dir`` (checkpoints, results, ``runs/*.json``) and reused, so the table can grow across
+images/s, the encoder's steps (and, under its stopping rule, why it stopped), the health
+check's values and verdict, the seed training kept (after a retry), the seconds of a
+training epoch (from its logged steps) and the command, commit, date and machine; then a
+summary: per digit and mode the mean and standard deviation over seeds, the mean over all
+runs, the published AnoGAN rows beside them, the health verdicts, and the runs below 0.80
+the check passed. Runs are stored under ``--work_dir`` (checkpoints, results,
+``runs/*.json``) and reused, so the table can grow across
 several invocations; a longer GAN training resumes from the longest shorter one. The records
 (``--records``, in this repository by default) are enough to reprint the table.
 """
@@ -80,6 +81,9 @@ def parse_args(argv=None):
     parser.add_argument("--encoder_min_steps", type=int, default=None,
                         help="the encoder's least steps [main.py's default]; a set value names "
                              "its own runs and records")
+    parser.add_argument("--encoder_patience", type=int, default=None,
+                        help="E's stopping rule [main.py's default]; 0: E's length fixed. Runs "
+                             "under the rule are named _rule")
     parser.add_argument("--retries", type=int, default=None, help="[main.py's default]")
     parser.add_argument("--test_size", type=int, default=1000)
     parser.add_argument("--test_epoch", type=int, default=100, help="search steps of a and c")
@@ -101,10 +105,13 @@ def parse_args(argv=None):
 
 
 def run_name(args, epochs=None):
-    """``e<epochs>``, with ``_E<steps>`` when the encoder's least steps are set."""
+    """``e<epochs>``, with ``_E<steps>`` when the encoder's least steps are set and ``_rule``
+    when its stopping rule is on (``--encoder_patience`` not 0)."""
     name = f"e{epochs or args.epochs}"
     if args.encoder_min_steps is not None:
         name += f"_E{args.encoder_min_steps}"
+    if args.encoder_patience != 0:
+        name += "_rule"
     return name
 
 
@@ -171,7 +178,7 @@ def benchmark_run(args, digit, seed):
                     "--batch_size", args.batch_size, "--epoch", args.epochs,
                     "--sample_dir", root / "samples" / f"d{digit}", "--log_dir", root / "logs",
                     *args.extra.split()]
-    for flag in ("encoder_min_steps", "retries"):
+    for flag in ("encoder_min_steps", "encoder_patience", "retries"):
         if getattr(args, flag) is not None:
             common_flags += [f"--{flag}", getattr(args, flag)]
     row = json.loads(record.read_text()) if record.exists() else {}
@@ -189,12 +196,15 @@ def benchmark_run(args, digit, seed):
     rejected = sorted(p.name for p in model_folder(args, digit, seed).glob("rejected_seed*"))
     row.update({"digit": digit, "seed": seed, "gan": args.gan, "gan_epochs": args.epochs,
                 "encoder_min_steps": args.encoder_min_steps,
+                "encoder_patience": args.encoder_patience,
+                "encoder_stop": (config.get("encoder") or {}).get("stop"),
                 "test_size": args.test_size, "training_seed": config.get("training_seed"),
                 "rejected_trainings": rejected, "health": config.get("health"),
                 "published_anogan_roc_auc": {name: row_[digit]
                                              for name, row_ in PUBLISHED_ANOGAN.items()}})
     for mode in args.modes:
         row[mode] = score(args, common_flags, root, digit, mode)
+    row.update(common.provenance(args.command))
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(row, indent=2) + "\n")
     return row
@@ -253,6 +263,7 @@ def summary(rows, modes):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.command = common.script_command("mnist_one_class.py", argv)
     rows = []
     for seed in args.seeds:
         for digit in args.digits:

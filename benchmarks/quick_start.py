@@ -10,16 +10,13 @@ commit, date and machine.
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import sys
 from pathlib import Path
 
 import common
-from textures import git_commit
 
 import utils
 
@@ -46,10 +43,8 @@ def main(argv=None):
     metrics = json.loads((work / "test_data" / "test_result" / "metrics.json").read_text())
     saved = json.loads(next((work / "checkpoint").glob("mnist_*/config.json")).read_text())
     health = metrics["health"]
-    record = {"benchmark": "quick_start", "command": "python main.py " + " ".join(QUICK_START),
-              "commit": git_commit(), "date": datetime.date.today().isoformat(),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                         f"{common.environment()['device']}",
+    record = {"benchmark": "quick_start",
+              **common.provenance("python main.py " + " ".join(QUICK_START)),
               "seconds": seconds, "roc_auc": metrics["roc_auc"], "pr_auc": metrics["pr_auc"],
               "threshold_source": metrics["threshold_source"], "f1": metrics["f1"],
               "encoder_steps": metrics["encoder_steps"], "encoder_stop": saved["encoder"]["stop"],

@@ -22,11 +22,7 @@ to score, patches per second) into ``--record`` and prints it.
 """
 
 import argparse
-import datetime
 import json
-import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -190,14 +186,6 @@ def detection_figures(test, maps, masks):
             "per_type_roc_auc": evaluation.per_type_roc_auc(test.names, scores, test.labels)}
 
 
-def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=common.ROOT,
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def run_gan_mode(category, work, args):
     """Trains ``args.mode`` (``MODES``) and scores with each map and image score; the
     figures."""
@@ -251,10 +239,7 @@ def main(argv=None):
         figures = run_gan_mode(category, work / f"{args.mode}_s{args.seed}", args)
     record = {"benchmark": "textures", "category": args.category, "mode": args.mode,
               "seed": args.seed, "tag": args.tag,
-              "command": " ".join(["python", "benchmarks/textures.py", *sys.argv[1:]]),
-              "commit": git_commit(), "date": datetime.date.today().isoformat(),
-              "machine": f"{platform.machine()}, {common.environment()['cpu_count']} cores, "
-                         f"{common.environment()['device']}",
+              **common.provenance(common.script_command("textures.py", argv)),
               "seconds": round(time.perf_counter() - started, 1), **figures,
               **common.environment()}
     if args.record:

@@ -104,8 +104,8 @@ def test_mnist_one_class_keeps_every_run_per_seed_and_reuses_them(tmp_path, caps
     flags = ["--data_dir", str(tmp_path / "data"), "--digits", "1", "--seeds", "0,1",
              "--epochs", "1", "--test_size", "20", "--test_epoch", "2", "--batch_size", "8",
              "--modes", "b_izif", "--work_dir", str(tmp_path / "work"), "--retries", "0",
-             "--encoder_min_steps", "2", "--records", str(tmp_path / "records"),
-             TINY_MODEL + " --no_figures --encoder_patience 0"]
+             "--encoder_min_steps", "2", "--encoder_patience", "0",
+             "--records", str(tmp_path / "records"), TINY_MODEL + " --no_figures"]
     decoder, text, rows = json.JSONDecoder(), run_in_process("mnist_one_class", capsys,
                                                               *flags).out.strip(), []
     while text:
@@ -118,7 +118,10 @@ def test_mnist_one_class_keeps_every_run_per_seed_and_reuses_them(tmp_path, caps
     assert runs[0]["published_anogan_roc_auc"] == {"deep_svdd": 0.992, "cheng_2020": 0.998}
     assert sorted(p.name for p in (tmp_path / "records").iterdir()) == [
         "dcgan_e1_E2_d1_s0.json", "dcgan_e1_E2_d1_s1.json"]
-    assert all(r["encoder_min_steps"] == 2 and r["b_izif"]["encoder_steps"] >= 2 for r in runs)
+    assert all(r["encoder_min_steps"] == 2 and r["b_izif"]["encoder_steps"] >= 2
+               and r["encoder_patience"] == 0 and r["encoder_stop"] is None for r in runs)
+    assert runs[0]["command"].startswith("python benchmarks/mnist_one_class.py --data_dir")
+    assert {"commit", "date", "machine"} <= set(runs[0])
     assert all({"diversity", "fidelity"} <= set(r["health"]["gan"]) for r in runs)
     assert all("encoder_vs_mean" in r["health"]["encoder"] for r in runs)
     assert runs[0]["seconds_per_epoch"] > 0

@@ -210,7 +210,13 @@ def test_report_tables_are_computed_from_the_records(tmp_path):
         (folder / f"dcgan_e5_d3_s{seed}.json").write_text(json.dumps({
             "b_izif": {"roc_auc": auc}, "health": {"gan": {"passed": seed == 0}},
             "commit": "abc1234", "date": "2026-12-01", "machine": "2 CPU cores, no GPU"}))
+    (folder / "wgan_gp_e50_E2500_d3_s0.json").write_text(json.dumps({
+        "b_izif": {"roc_auc": 0.95, "encoder_steps": 2506}, "health": {"gan": {"passed": True}}}))
+    (folder / "wgan_gp_e50_rule_d3_s0.json").write_text(json.dumps({
+        "b_izif": {"roc_auc": 0.96, "encoder_steps": 1500}, "health": {"gan": {"passed": True}},
+        "encoder_stop": {"reason": "plateau", "step": 1500}}))
     text = report.report(tmp_path)
+    assert "| 3 | 0 | 1500 (plateau) | 0.960 | 0.950 | passed |" in text
     assert "| 3 | 0,1 | 0.900 0.800 | 0.850 ± 0.071 | 1 of 2 | 0.887 / 0.913 |" in text
     assert "Mean over all 2 runs: **0.850**" in text and "commits abc1234; 2026-12-01" in text
 

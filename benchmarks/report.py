@@ -204,9 +204,15 @@ def declared_means(records, chosen, category):
         return []
     images = [r[chosen]["roc_auc"] for r in runs]
     pixels = [r[chosen]["pixel_roc_auc"] for r in runs]
+    per_type = defaultdict(list)
+    for run in runs:
+        for kind, value in run[chosen]["per_type_roc_auc"].items():
+            per_type[kind].append(value)
+    means = " ".join(f"{kind} {statistics.mean(values):.2f}"
+                     for kind, values in sorted(per_type.items()))
     return [(f"Declared patch mode over {len(runs)} seed{'s' if len(runs) > 1 else ''} (every "
-             f"run made): image ROC AUC {mean_sd(images)}, pixel ROC AUC {mean_sd(pixels)}."),
-            ""]
+             f"run made): image ROC AUC {mean_sd(images)}, pixel ROC AUC {mean_sd(pixels)}; "
+             f"per defect type, the mean image ROC AUC: {means}."), ""]
 
 
 def resize_table(records):

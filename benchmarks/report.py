@@ -255,6 +255,25 @@ def quick_start(records):
     return [*lines, ""]
 
 
+def speed_table(records):
+    """The compiled training step's throughput against the matmul roofline, per record."""
+    if not records:
+        return []
+    lines = ["## Training speed", "",
+             ("The compiled training step on random images (`benchmarks/train_step.py`): "
+              "images per second, the FLOP rate they make (counted from the layer shapes) and "
+              "its ratio to a large `tf.matmul` measured in the same process."), "",
+             ("| GAN | images, batch | G / D width | steps/s | images/s | GFLOP/s | matmul "
+              "GFLOP/s | ratio | machine | commit | date |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for _, r in sorted(records.items()):
+        lines.append(f"| {r['gan']} | {r['height']}x{r['width']}x{r['channels']}, {r['batch']} | "
+                     f"{r['gf_dim']} / {r['df_dim']} | {r['steps_per_s']} | {r['images_per_s']} "
+                     f"| {r['gflops']} | {r['matmul_gflops']} | {r['roofline_ratio']} | "
+                     f"{r['machine']} | {r['commit']} | {r['date']} |")
+    return [*lines, ""]
+
+
 def report(results):
     """docs/results.md's text from the records under ``results``."""
     results = Path(results)
@@ -273,6 +292,7 @@ def report(results):
             lines += encoder_rule_table(mnist)
     lines += texture_tables(load(results / "textures"))
     lines += resize_table(load(results / "mvtec_synthetic"))
+    lines += speed_table(load(results / "train_step"))
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -1,8 +1,10 @@
 """Training throughput (images/s) of the compiled DCGAN or WGAN-GP step, against the roofline.
 
     python benchmarks/train_step.py [--height 28 --channels 1 --batch 64 --steps 5]
+        [--record benchmarks/results/train_step/NAME.json]
 
-Prints one JSON object, measured in this one process: ``--steps`` calls of the compiled step
+Prints one JSON object (and writes it, with the command, commit, date and machine, to
+``--record``), measured in this one process: ``--steps`` calls of the compiled step
 that ``DCGAN.train`` runs (``DCGAN.train_step_fn``) on random images, after one call that
 traces it, between two measurements of a large dense ``tf.matmul``.
 
@@ -31,12 +33,14 @@ pass counted as twice the first-order graph it differentiates):
 
 import tempfile
 import time
+from pathlib import Path
 
 import common
 import numpy as np
 import tensorflow as tf
 
 import model
+import utils
 from config import GANS, ModelConfig, TrainConfig
 
 
@@ -45,6 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--gan", choices=GANS, default="dcgan")
     parser.add_argument("--gf_dim", type=int, default=64)
     parser.add_argument("--df_dim", type=int, default=64)
+    parser.add_argument("--record", default=None, help="a JSON file for the figures")
     return parser.parse_args(argv)
 
 
@@ -84,7 +89,7 @@ def main(argv=None):
     flops = train_flops(dcgan)
     images_per_s = args.batch * args.steps / seconds
     matmul_mean = sum(matmul) / len(matmul)
-    common.print_json({
+    figures = {
         "gan": args.gan, "gf_dim": args.gf_dim, "df_dim": args.df_dim,
         "height": args.height, "width": width, "channels": args.channels, "batch": args.batch,
         "steps": args.steps, "images_per_s": round(images_per_s, 2),
@@ -93,7 +98,13 @@ def main(argv=None):
         "matmul_gflops": round(matmul_mean, 2),
         "matmul_gflops_samples": [round(m, 2) for m in matmul],
         "roofline_ratio": round(images_per_s * flops / 1e9 / matmul_mean, 3),
-        **common.environment()})
+        **common.environment()}
+    if args.record:
+        Path(args.record).parent.mkdir(parents=True, exist_ok=True)
+        utils.write_json(args.record, {
+            "benchmark": "train_step",
+            **common.provenance(common.script_command("train_step.py", argv)), **figures})
+    common.print_json(figures)
 
 
 if __name__ == "__main__":

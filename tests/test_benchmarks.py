@@ -21,7 +21,7 @@ TINY_MODEL = "--extra=--gf_dim 8 --df_dim 8 --z_dim 8"
 
 def run_benchmark(script, *args):
     """The JSON object a benchmark script prints."""
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args],
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *map(str, args)],
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
@@ -40,12 +40,17 @@ def test_latent_search_prints_speedup_and_roofline():
 
 
 @pytest.mark.parametrize("gan", ["dcgan", "wgan_gp"])
-def test_train_step_prints_images_per_second_and_roofline(gan):
+def test_train_step_prints_images_per_second_and_roofline(gan, tmp_path):
+    record = tmp_path / "records" / f"{gan}.json"
     figures = run_benchmark("train_step.py", *TINY, "--steps", "1", "--matmul_seconds", "0.2",
-                            "--gan", gan, "--gf_dim", "8", "--df_dim", "8")
+                            "--gan", gan, "--gf_dim", "8", "--df_dim", "8", "--record", record)
     assert figures["images_per_s"] > 0 and figures["gan"] == gan
     assert 0 < figures["roofline_ratio"] == pytest.approx(
         figures["gflops"] / figures["matmul_gflops"], abs=0.01)
+    saved = json.loads(record.read_text())
+    assert {**saved, "benchmark": None} == {**figures, **{k: saved[k] for k in (
+        "command", "commit", "date", "machine")}, "benchmark": None}
+    assert saved["command"].startswith("python benchmarks/train_step.py --height 16")
 
 
 def test_conv_layers_times_every_convolution_both_ways(capsys):

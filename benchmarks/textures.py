@@ -192,15 +192,16 @@ def run_gan_mode(category, work, args):
     model_flags, train_flags, scoring_flags = MODES[args.mode]
     flags = ["--dataset", category.name, "--data_dir", category.parent, "--checkpoint_dir",
              work / "checkpoint", "--sample_dir", work / "samples", "--log_dir", work / "logs",
-             "--seed", args.seed, *model_flags, *args.extra]
+             "--seed", args.seed, *model_flags]
     figures = {"train_seconds": common.run_main([*flags, *train_flags, "--train",
-                                                 "--train_encoder"])}
+                                                 "--train_encoder", *args.extra])}
     for residual_map in args.residual_maps.split(","):
         for image_score in args.image_scores.split(","):
-            name = f"{args.mode}_s{args.seed}_{residual_map}_{image_score}"
+            name = "_".join([args.mode, f"s{args.seed}", *([args.tag] if args.tag else []),
+                             residual_map, image_score])
             common.run_main([*flags, "--anomaly_test", *scoring_flags, "--residual_map",
                              residual_map, "--image_score", image_score, "--test_result_dir",
-                             name])
+                             name, *args.extra])
             metrics = json.loads((category / "test" / name / "metrics.json").read_text())
             figures[f"{residual_map}_{image_score}"] = {key: metrics.get(key) for key in (
                 "roc_auc", "pixel_roc_auc", "pro_auc", "per_type_roc_auc", "seconds",
@@ -221,9 +222,10 @@ def parse_args(argv=None):
     parser.add_argument("--work_dir", default="out/textures")
     parser.add_argument("--record", default=None, help="folder for the JSON record")
     parser.add_argument("--tag", default=None,
-                        help="a suffix of the record's name (a rescoring of a trained model: "
-                             "main.py reuses what --work_dir holds)")
-    parser.add_argument("extra", nargs="*", help="further main.py flags, after --")
+                        help="names the record and the result folders of a rescoring of a "
+                             "trained model (main.py reuses what --work_dir holds)")
+    parser.add_argument("extra", nargs="*",
+                        help="further main.py flags, after --; they override the mode's")
     return parser.parse_args(argv)
 
 

@@ -133,15 +133,28 @@ def texture_rows(record, combination):
 
 
 def best_on_choosing(records):
-    """The map/score combination with the best mean of image and pixel ROC AUC on the choosing
-    category's seed-0 patch run (no label of brick or grass takes part), or None."""
-    chooser = records.get(f"{CHOOSING_CATEGORY}_patch_s0")
-    if chooser is None:
+    """The (tag, map_score combination) with the best mean of image and pixel ROC AUC over the
+    choosing category's seed-0 patch runs, the declared one (tag None) and its tagged
+    rescorings (no label of brick or grass takes part), or None."""
+    candidates = {(record.get("tag"), key): value
+                  for record in records.values()
+                  if record["category"] == CHOOSING_CATEGORY and record["mode"] == "patch"
+                  and record["seed"] == 0
+                  for key, value in record.items()
+                  if isinstance(value, dict) and "pixel_roc_auc" in value}
+    if not candidates:
         return None
-    combinations = {key: value for key, value in chooser.items()
-                    if isinstance(value, dict) and "pixel_roc_auc" in value}
-    return max(combinations, key=lambda key: (combinations[key]["roc_auc"]
-                                              + combinations[key]["pixel_roc_auc"]) / 2)
+    return max(candidates, key=lambda key: (candidates[key]["roc_auc"]
+                                            + candidates[key]["pixel_roc_auc"]) / 2)
+
+
+def chosen_flags(chosen):
+    """main.py's scoring flags of a chosen (tag, combination): the map and the image score,
+    with the rescoring's own flags named by its tag."""
+    tag, combination = chosen
+    residual_map, image_score = combination.split("_", 1)
+    return (f"`--residual_map {residual_map} --image_score {image_score}`"
+            + (f", rescored as `{tag}`" if tag else ""))
 
 
 def cell(value):
@@ -159,9 +172,9 @@ def texture_tables(records):
              "kinds). Image ROC AUC, pixel ROC AUC and PRO (up to a false positive rate of 0.3); "
              "per defect type, image ROC AUC."), ""]
     if chosen is not None:
-        lines += [(f"The declared map and image score, chosen on {CHOOSING_CATEGORY} (used for "
-                  f"nothing else): **{chosen}** (`--residual_map {chosen.split('_')[0]} "
-                  f"--image_score {chosen.split('_', 1)[1]}`)."), ""]
+        lines += [(f"The declared scoring, chosen on {CHOOSING_CATEGORY} (used for nothing else) "
+                  f"from every scoring its seed-0 model was given: **{chosen[1]}** "
+                  f"({chosen_flags(chosen)})."), ""]
     for category in sorted({r["category"] for r in records.values()}):
         mine = {stem: r for stem, r in records.items() if r["category"] == category}
         lines += [f"### {category}" + (" (used only to choose)" if category == CHOOSING_CATEGORY
@@ -169,7 +182,7 @@ def texture_tables(records):
                   ("| mode | seed | image ROC AUC | pixel ROC AUC | PRO | per defect type | "
                   "GAN / E steps | seconds |"), "|---|---|---|---|---|---|---|---|"]
         for stem, record in sorted(mine.items()):
-            combinations = ([chosen] if chosen and record["mode"] != "mean"
+            combinations = ([chosen[1]] if chosen and record["mode"] != "mean"
                             and category != CHOOSING_CATEGORY else
                             [k for k, v in record.items() if isinstance(v, dict)
                              and "pixel_roc_auc" in v] or [None])
@@ -199,14 +212,18 @@ def steps_cell(record):
 
 def declared_means(records, chosen, category):
     """The line of the declared patch mode's means over seeds (and its runs), or nothing."""
-    runs = [r for r in records.values() if r["mode"] == "patch" and not r.get("tag")]
-    if not chosen or category == CHOOSING_CATEGORY or not runs:
+    if not chosen or category == CHOOSING_CATEGORY:
         return []
-    images = [r[chosen]["roc_auc"] for r in runs]
-    pixels = [r[chosen]["pixel_roc_auc"] for r in runs]
+    tag, combination = chosen
+    runs = [r[combination] for r in records.values()
+            if r["mode"] == "patch" and r.get("tag") == tag and combination in r]
+    if not runs:
+        return []
+    images = [r["roc_auc"] for r in runs]
+    pixels = [r["pixel_roc_auc"] for r in runs]
     per_type = defaultdict(list)
     for run in runs:
-        for kind, value in run[chosen]["per_type_roc_auc"].items():
+        for kind, value in run["per_type_roc_auc"].items():
             per_type[kind].append(value)
     means = " ".join(f"{kind} {statistics.mean(values):.2f}"
                      for kind, values in sorted(per_type.items()))

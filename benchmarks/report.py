@@ -194,6 +194,7 @@ def texture_tables(records):
                              + " | ".join(cell(v) for v in scores)
                              + f" | {types} | {steps_cell(record)} | "
                              f"{record.get('seconds', '-')}"
+                             + (" (rescoring only)" if record.get("tag") else "")
                              + (" (cores shared)" if record.get("cores_shared") else "") + " |")
         lines += ["", *declared_means(mine, chosen, category), provenance(list(mine.values())),
                   ""]

@@ -12,7 +12,9 @@ foreign material (from another photograph) and cracks. Then runs one ``--mode``:
 
 - ``patch``: the declared patch mode (``MODES``): trains the GAN and its encoder on
   patches, scores every test image whole (``--anomaly_test``), with each image score in
-  ``--image_scores`` and each map in ``--residual_maps``;
+  ``--image_scores`` and each map in ``--residual_maps``, smoothed at sigma 2. The declared
+  scoring (docs/modes.md) rescores the trained model:
+  ``--residual_maps gms --image_scores top1 --tag sigma4 -- --map_sigma 4``;
 - ``resize``: the texture mode before patches (``MODES``: images resized to 64x64);
 - ``mean``: no GAN: the map |x - mean training patch|, tiled and stitched as patch mode does.
 

@@ -259,37 +259,40 @@ def resize_table(records):
     return lines
 
 
-def quick_start(records):
-    """The README's quick start, as measured."""
+def record_table(title, intro, columns, cells, records):
+    """A section of one table row per record: ``cells(record)`` gives the cells of
+    ``columns``, followed by the record's machine, commit and date; [] without records."""
     if not records:
         return []
-    lines = ["## Quick start", "", ("| ROC AUC | seconds | encoder steps | health | machine | "
-             "commit | date |"), "|---|---|---|---|---|---|---|"]
+    columns = [*columns, "machine", "commit", "date"]
+    lines = [f"## {title}", "", *([intro, ""] if intro else []),
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, record in sorted(records.items()):
-        lines.append(f"| {record['roc_auc']:.4f} | {record['seconds']} | "
-                     f"{record.get('encoder_steps')} | "
-                     f"{'passed' if record.get('health_passed') else 'failed'} | "
-                     f"{record['machine']} | {record['commit']} | {record['date']} |")
+        lines.append("| " + " | ".join(map(str, [*cells(record), record["machine"],
+                                                  record["commit"], record["date"]])) + " |")
     return [*lines, ""]
+
+
+def quick_start(records):
+    """The README's quick start, as measured."""
+    return record_table(
+        "Quick start", None, ["ROC AUC", "seconds", "encoder steps", "health"],
+        lambda r: [f"{r['roc_auc']:.4f}", r["seconds"], r.get("encoder_steps"),
+                   "passed" if r.get("health_passed") else "failed"], records)
 
 
 def speed_table(records):
     """The compiled training step's throughput against the matmul roofline, per record."""
-    if not records:
-        return []
-    lines = ["## Training speed", "",
-             ("The compiled training step on random images (`benchmarks/train_step.py`): "
-              "images per second, the FLOP rate they make (counted from the layer shapes) and "
-              "its ratio to a large `tf.matmul` measured in the same process."), "",
-             ("| GAN | images, batch | G / D width | steps/s | images/s | GFLOP/s | matmul "
-              "GFLOP/s | ratio | machine | commit | date |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for _, r in sorted(records.items()):
-        lines.append(f"| {r['gan']} | {r['height']}x{r['width']}x{r['channels']}, {r['batch']} | "
-                     f"{r['gf_dim']} / {r['df_dim']} | {r['steps_per_s']} | {r['images_per_s']} "
-                     f"| {r['gflops']} | {r['matmul_gflops']} | {r['roofline_ratio']} | "
-                     f"{r['machine']} | {r['commit']} | {r['date']} |")
-    return [*lines, ""]
+    return record_table(
+        "Training speed",
+        ("The compiled training step on random images (`benchmarks/train_step.py`): images per "
+         "second, the FLOP rate they make (counted from the layer shapes) and its ratio to a "
+         "large `tf.matmul` measured in the same process."),
+        ["GAN", "images, batch", "G / D width", "steps/s", "images/s", "GFLOP/s",
+         "matmul GFLOP/s", "ratio"],
+        lambda r: [r["gan"], f"{r['height']}x{r['width']}x{r['channels']}, {r['batch']}",
+                   f"{r['gf_dim']} / {r['df_dim']}", r["steps_per_s"], r["images_per_s"],
+                   r["gflops"], r["matmul_gflops"], r["roofline_ratio"]], records)
 
 
 def report(results):

@@ -220,7 +220,15 @@ def test_report_tables_are_computed_from_the_records(tmp_path):
     (folder / "wgan_gp_e50_rule_d3_s0.json").write_text(json.dumps({
         "b_izif": {"roc_auc": 0.96, "encoder_steps": 1500}, "health": {"gan": {"passed": True}},
         "encoder_stop": {"reason": "plateau", "step": 1500}}))
+    (tmp_path / "train_step").mkdir()
+    (tmp_path / "train_step" / "wgan_gp.json").write_text(json.dumps({
+        "gan": "wgan_gp", "height": 32, "width": 32, "channels": 1, "batch": 32, "gf_dim": 32,
+        "df_dim": 32, "steps_per_s": 5.9, "images_per_s": 190.0, "gflops": 53.5,
+        "matmul_gflops": 92.6, "roofline_ratio": 0.578, "machine": "x86_64, 2 cores, CPU",
+        "commit": "abc1234", "date": "2026-12-08"}))
     text = report.report(tmp_path)
+    assert ("| wgan_gp | 32x32x1, 32 | 32 / 32 | 5.9 | 190.0 | 53.5 | 92.6 | 0.578 | "
+            "x86_64, 2 cores, CPU | abc1234 | 2026-12-08 |") in text
     assert "| 3 | 0 | 1500 (plateau) | 0.960 | 0.950 | passed |" in text
     assert "| 3 | 0,1 | 0.900 0.800 | 0.850 ± 0.071 | 1 of 2 | 0.887 / 0.913 |" in text
     assert "Mean over all 2 runs: **0.850**" in text and "commits abc1234; 2026-12-01" in text

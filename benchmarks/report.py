@@ -52,7 +52,8 @@ def provenance(records):
     dates = sorted({r.get("date") or "?" for r in records})
     machines = sorted({r.get("machine") or "?" for r in records})
     span = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
-    return (f"{len(records)} records; commits {', '.join(commits)}; {span}; "
+    plural = "s" if len(records) != 1 else ""
+    return (f"{len(records)} record{plural}; commit{plural} {', '.join(commits)}; {span}; "
             f"{'; '.join(machines)}.")
 
 

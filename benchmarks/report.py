@@ -282,6 +282,24 @@ def quick_start(records):
                    "passed" if r.get("health_passed") else "failed"], records)
 
 
+def small_folder_table(records):
+    """The README's folder mode on small folders of real images, per record."""
+    return record_table(
+        "A small folder of real images",
+        ("MNIST training images of one digit written as a user's folder of PNG files, scored on "
+         "test images of that digit (normal) and the others (`benchmarks/small_folder.py`): "
+         "ROC AUC of the README's folder mode, of the same mode with the summed score, and of "
+         "the original search; E's length as its stopping rule chose it."),
+        ["digit", "training images", "GAN / E steps (why E stopped)", "recommended",
+         "summed score", "original search", "health"],
+        lambda r: [r["digit"], r["train_images"],
+                   f"{r['gan_steps']} / {r['encoder_steps']}"
+                   + (f" ({r['encoder_stop']})" if r.get("encoder_stop") else ""),
+                   f"{r['recommended']['roc_auc']:.3f}", f"{r['encoder_sum']['roc_auc']:.3f}",
+                   f"{r['original_search']['roc_auc']:.3f}",
+                   "passed" if health_passed(r) else "failed"], records)
+
+
 def speed_table(records):
     """The compiled training step's throughput against the matmul roofline, per record."""
     return record_table(
@@ -314,6 +332,7 @@ def report(results):
             lines += encoder_rule_table(mnist)
     lines += texture_tables(load(results / "textures"))
     lines += resize_table(load(results / "mvtec_synthetic"))
+    lines += small_folder_table(load(results / "small_folder"))
     lines += speed_table(load(results / "train_step"))
     return "\n".join(lines).rstrip() + "\n"
 

@@ -2,7 +2,7 @@
 
     python benchmarks/small_folder.py --data_dir ../shared/data --digit 3 --train 120
         [--batch_size 16] [--epochs 25] [--min_steps 1000] [--test 200]
-        [--work_dir out/small_folder]
+        [--work_dir out/small_folder] [--record benchmarks/results/small_folder/NAME.json]
 
 Writes ``--train`` MNIST training images of one digit as PNG files (a user's own small folder;
 the unconditional DCGAN, as for any folder), and ``--test`` MNIST test images (half that digit in
@@ -10,8 +10,9 @@ normal/, half the others in anomaly/), trains the GAN as the README recommends f
 (``--min_steps``) and its encoder with main.py's defaults (``--encoder_min_steps`` included),
 then scores the test folder with the README's mode for
 folders (z = E(x), ``--image_score top1``), the same mode with the summed score, and the original
-search (z from U(-1, 1), 100 steps). Prints one JSON object: each mode's ROC AUC, the GAN's and
-the encoder's training steps and the health check.
+search (z from U(-1, 1), 100 steps). Prints one JSON object (and writes it, with the command,
+commit, date and machine, to ``--record``): each mode's ROC AUC, the GAN's and the encoder's
+training steps, why E stopped, and the health check.
 """
 
 import argparse
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 import inputs
+import utils
 
 MODES = {"recommended": ["--z_init", "encoder", "--test_epoch", "0", "--image_score", "top1"],
          "encoder_sum": ["--z_init", "encoder", "--test_epoch", "0"],
@@ -41,6 +43,7 @@ def parse_args(argv=None):
                         help="fewest GAN steps (the README's recommendation for folders)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work_dir", default="out/small_folder")
+    parser.add_argument("--record", default=None, help="a JSON file for the figures")
     return parser.parse_args(argv)
 
 
@@ -86,7 +89,14 @@ def main(argv=None):
         figures["gan_steps"] = metrics["gan_steps"]
         figures["encoder_steps"] = metrics["encoder_steps"] or figures.get("encoder_steps")
         figures["health"] = metrics["health"]
-    common.print_json({**figures, **common.environment()})
+    figures["encoder_stop"] = (figures["health"].get("encoder") or {}).get("stopped_by")
+    figures.update(common.environment())
+    if args.record:
+        Path(args.record).parent.mkdir(parents=True, exist_ok=True)
+        utils.write_json(args.record, {
+            "benchmark": "small_folder",
+            **common.provenance(common.script_command("small_folder.py", argv)), **figures})
+    common.print_json(figures)
 
 
 if __name__ == "__main__":

@@ -226,7 +226,16 @@ def test_report_tables_are_computed_from_the_records(tmp_path):
         "df_dim": 32, "steps_per_s": 5.9, "images_per_s": 190.0, "gflops": 53.5,
         "matmul_gflops": 92.6, "roofline_ratio": 0.578, "machine": "x86_64, 2 cores, CPU",
         "commit": "abc1234", "date": "2026-12-08"}))
+    (tmp_path / "small_folder").mkdir()
+    (tmp_path / "small_folder" / "d3.json").write_text(json.dumps({
+        "digit": 3, "train_images": 120, "gan_steps": 1000, "encoder_steps": 1750,
+        "encoder_stop": "plateau", "recommended": {"roc_auc": 0.91},
+        "encoder_sum": {"roc_auc": 0.93}, "original_search": {"roc_auc": 0.8},
+        "health": {"gan": {"passed": True}, "encoder": {"passed": True}},
+        "machine": "x86_64, 2 cores, CPU", "commit": "abc1234", "date": "2026-12-08"}))
     text = report.report(tmp_path)
+    assert ("| 3 | 120 | 1000 / 1750 (plateau) | 0.910 | 0.930 | 0.800 | passed | "
+            "x86_64, 2 cores, CPU | abc1234 | 2026-12-08 |") in text
     assert ("| wgan_gp | 32x32x1, 32 | 32 / 32 | 5.9 | 190.0 | 53.5 | 92.6 | 0.578 | "
             "x86_64, 2 cores, CPU | abc1234 | 2026-12-08 |") in text
     assert "| 3 | 0 | 1500 (plateau) | 0.960 | 0.950 | passed |" in text

@@ -82,9 +82,12 @@ def matmul_gflops(size=2048, seconds=1.5):
 
 
 def configure_threads(intra, inter):
-    """Sets TensorFlow's thread pools (0 keeps TensorFlow's default)."""
-    tf.config.threading.set_intra_op_parallelism_threads(intra)
-    tf.config.threading.set_inter_op_parallelism_threads(inter)
+    """Sets TensorFlow's thread pools before its runtime starts; 0 keeps TensorFlow's default
+    (and leaves a running runtime alone)."""
+    if intra:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+    if inter:
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
 
 
 def environment():

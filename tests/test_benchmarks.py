@@ -1,17 +1,15 @@
 """The benchmark scripts run on tiny shapes and print the figures they promise, as JSON.
 
-Those that set TensorFlow's thread counts run in their own process; the others run in this
-one (no TensorFlow start-up of their own; the memory benchmark measures its own children).
+They run in this process (no TensorFlow start-up of their own; thread counts are left at
+TensorFlow's defaults; the memory benchmark measures its own children).
 """
 
 import importlib
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import BENCHMARKS, benchmark_module, read_scores, run_in_process
+from conftest import benchmark_module, read_scores, run_in_process
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -19,17 +17,10 @@ TINY = ["--height", "16", "--channels", "3", "--batch", "2"]
 TINY_MODEL = "--extra=--gf_dim 8 --df_dim 8 --z_dim 8"
 
 
-def run_benchmark(script, *args):
-    """The JSON object a benchmark script prints."""
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *map(str, args)],
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout)
-
-
-def test_latent_search_prints_speedup_and_roofline():
-    figures = run_benchmark("latent_search.py", *TINY, "--steps", "2", "--per_image", "1",
-                           "--repeats", "2", "--matmul_seconds", "0.2")
+def test_latent_search_prints_speedup_and_roofline(capsys):
+    figures = json.loads(run_in_process("latent_search", capsys, *TINY, "--steps", "2",
+                                        "--per_image", "1", "--repeats", "2",
+                                        "--matmul_seconds", "0.2").out)
     for key in ("per_image_img_iter_per_s", "batched_img_iter_per_s", "matmul_gflops",
                 "roofline_ratio", "speedup_at_matmul_rate"):
         assert figures[key] > 0
@@ -40,10 +31,11 @@ def test_latent_search_prints_speedup_and_roofline():
 
 
 @pytest.mark.parametrize("gan", ["dcgan", "wgan_gp"])
-def test_train_step_prints_images_per_second_and_roofline(gan, tmp_path):
+def test_train_step_prints_images_per_second_and_roofline(gan, tmp_path, capsys):
     record = tmp_path / "records" / f"{gan}.json"
-    figures = run_benchmark("train_step.py", *TINY, "--steps", "1", "--matmul_seconds", "0.2",
-                            "--gan", gan, "--gf_dim", "8", "--df_dim", "8", "--record", record)
+    figures = json.loads(run_in_process("train_step", capsys, *TINY, "--steps", "1",
+                                        "--matmul_seconds", "0.2", "--gan", gan, "--gf_dim",
+                                        "8", "--df_dim", "8", "--record", record).out)
     assert figures["images_per_s"] > 0 and figures["gan"] == gan
     assert 0 < figures["roofline_ratio"] == pytest.approx(
         figures["gflops"] / figures["matmul_gflops"], abs=0.01)

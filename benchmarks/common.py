@@ -23,6 +23,7 @@ import keras
 import main as anogan
 import ops
 import phase_conv
+import utils
 
 
 def shape_parser(description, steps=None, threads=False):
@@ -114,6 +115,12 @@ def provenance(command):
     return {"command": command, "commit": git_commit(),
             "date": datetime.date.today().isoformat(),
             "machine": f"{platform.machine()}, {where['cpu_count']} cores, {where['device']}"}
+
+
+def write_record(path, record):
+    """Writes a benchmark's JSON record to ``path``, its folder made if need be, atomically."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    utils.write_json(path, record)
 
 
 def script_command(script, argv=None):

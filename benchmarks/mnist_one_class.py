@@ -205,8 +205,7 @@ def benchmark_run(args, digit, seed):
     for mode in args.modes:
         row[mode] = score(args, common_flags, root, digit, mode)
     row.update(common.provenance(args.command))
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(row, indent=2) + "\n")
+    common.write_record(record, row)
     return row
 
 

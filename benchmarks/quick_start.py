@@ -18,8 +18,6 @@ from pathlib import Path
 
 import common
 
-import utils
-
 QUICK_START = ["--dataset", "mnist", "--normal_class", "0", "--epoch", "5", "--train",
                "--train_encoder", "--anomaly_test", "--z_init", "encoder", "--test_epoch", "0",
                "--score", "izif", "--test_size", "1000", "--encoder_max_steps", "1000"]
@@ -51,8 +49,7 @@ def main(argv=None):
               "health_passed": all(check["passed"] for check in health.values() if check),
               "health": health}
     if args.record:
-        Path(args.record).mkdir(parents=True, exist_ok=True)
-        utils.write_json(Path(args.record) / f"quick_start_{record['date']}.json", record)
+        common.write_record(Path(args.record) / f"quick_start_{record['date']}.json", record)
     common.print_json(record)
 
 

@@ -24,7 +24,6 @@ import numpy as np
 from PIL import Image
 
 import inputs
-import utils
 
 MODES = {"recommended": ["--z_init", "encoder", "--test_epoch", "0", "--image_score", "top1"],
          "encoder_sum": ["--z_init", "encoder", "--test_epoch", "0"],
@@ -92,8 +91,7 @@ def main(argv=None):
     figures["encoder_stop"] = (figures["health"].get("encoder") or {}).get("stopped_by")
     figures.update(common.environment())
     if args.record:
-        Path(args.record).parent.mkdir(parents=True, exist_ok=True)
-        utils.write_json(args.record, {
+        common.write_record(args.record, {
             "benchmark": "small_folder",
             **common.provenance(common.script_command("small_folder.py", argv)), **figures})
     common.print_json(figures)

@@ -247,9 +247,8 @@ def main(argv=None):
               "seconds": round(time.perf_counter() - started, 1), **figures,
               **common.environment()}
     if args.record:
-        Path(args.record).mkdir(parents=True, exist_ok=True)
         name = f"{args.category}_{args.mode}_s{args.seed}" + (f"_{args.tag}" if args.tag else "")
-        utils.write_json(Path(args.record) / f"{name}.json", record)
+        common.write_record(Path(args.record) / f"{name}.json", record)
     common.print_json(record)
 
 

@@ -33,14 +33,12 @@ pass counted as twice the first-order graph it differentiates):
 
 import tempfile
 import time
-from pathlib import Path
 
 import common
 import numpy as np
 import tensorflow as tf
 
 import model
-import utils
 from config import GANS, ModelConfig, TrainConfig
 
 
@@ -100,8 +98,7 @@ def main(argv=None):
         "roofline_ratio": round(images_per_s * flops / 1e9 / matmul_mean, 3),
         **common.environment()}
     if args.record:
-        Path(args.record).parent.mkdir(parents=True, exist_ok=True)
-        utils.write_json(args.record, {
+        common.write_record(args.record, {
             "benchmark": "train_step",
             **common.provenance(common.script_command("train_step.py", argv)), **figures})
     common.print_json(figures)

@@ -230,10 +230,10 @@ class DCGAN:
         apply_gradients(self.d_optim, tape, d_loss, self.discriminator)
         return {"d_loss": d_loss}
 
-    def _generator_update(self, images, labels, z, average):
-        """One G update on the original's loss (per replica)."""
+    def _generator_update(self, loss, images, labels, z, average):
+        """One G update on ``loss`` of D's logits for G(z) (per replica)."""
         with tf.GradientTape() as tape:
-            g_loss = average(generator_loss(self._critic(self._fakes(labels, z), labels)))
+            g_loss = average(loss(self._critic(self._fakes(labels, z), labels)))
         apply_gradients(self.g_optim, tape, g_loss, self.generator)
         return {"g_loss": g_loss}
 
@@ -251,14 +251,6 @@ class DCGAN:
         apply_gradients(self.d_optim, tape, d_loss, self.discriminator)
         return {"d_loss": d_loss, "g_loss": average(wasserstein_generator_loss(fake_logits)),
                 "gradient_penalty": average(penalty)}
-
-    def _wasserstein_generator_update(self, images, labels, z, average):
-        """One G update on the Wasserstein loss (per replica)."""
-        with tf.GradientTape() as tape:
-            g_loss = average(wasserstein_generator_loss(
-                self._critic(self._fakes(labels, z), labels)))
-        apply_gradients(self.g_optim, tape, g_loss, self.generator)
-        return {"g_loss": g_loss}
 
     def _encoder_update(self, images, labels, average):
         """One update of E on the izi_f loss (per replica); G and D are fixed and in
@@ -282,7 +274,7 @@ class DCGAN:
         losses = run(self._discriminator_update)
         g_loss = tf.zeros_like(losses["d_loss"])
         for _ in tf.range(2):  # one G update in the graph, run twice
-            g_loss = run(self._generator_update)["g_loss"]
+            g_loss = run(functools.partial(self._generator_update, generator_loss))["g_loss"]
         return {**losses, "g_loss": g_loss}
 
     def _wgan_gp_step(self, run):
@@ -291,7 +283,8 @@ class DCGAN:
         losses = run(self._critic_update)
         g_loss = losses["g_loss"]
         if (self.step + 1) % self.train_config.n_critic == 0:
-            g_loss = run(self._wasserstein_generator_update)["g_loss"]
+            g_loss = run(functools.partial(self._generator_update,
+                                           wasserstein_generator_loss))["g_loss"]
         return {**losses, "g_loss": g_loss}
 
     def _encoder_step(self, run):

@@ -149,13 +149,16 @@ def best_on_choosing(records):
                                             + candidates[key]["pixel_roc_auc"]) / 2)
 
 
-def chosen_flags(chosen):
+def chosen_flags(chosen, records):
     """main.py's scoring flags of a chosen (tag, combination): the map and the image score,
-    with the rescoring's own flags named by its tag."""
+    and a rescoring's own flags (those after ``--`` in its record's command)."""
     tag, combination = chosen
     residual_map, image_score = combination.split("_", 1)
-    return (f"`--residual_map {residual_map} --image_score {image_score}`"
-            + (f", rescored as `{tag}`" if tag else ""))
+    extra = next((r["command"].partition(" -- ")[2] for r in records.values()
+                  if r["category"] == CHOOSING_CATEGORY and r.get("tag") == tag
+                  and " -- " in r.get("command", "")), "")
+    return f"`--residual_map {residual_map} --image_score {image_score}" + (
+        f" {extra}`, rescored as `{tag}`" if tag else "`")
 
 
 def cell(value):
@@ -175,7 +178,7 @@ def texture_tables(records):
     if chosen is not None:
         lines += [(f"The declared scoring, chosen on {CHOOSING_CATEGORY} (used for nothing else) "
                   f"from every scoring its seed-0 model was given: **{chosen[1]}** "
-                  f"({chosen_flags(chosen)})."), ""]
+                  f"({chosen_flags(chosen, records)})."), ""]
     for category in sorted({r["category"] for r in records.values()}):
         mine = {stem: r for stem, r in records.items() if r["category"] == category}
         lines += [f"### {category}" + (" (used only to choose)" if category == CHOOSING_CATEGORY
